@@ -1,0 +1,206 @@
+//! `sipsockd`: SIP listening sockets provisioned as rows of an SQL table, served by a pool of forked
+//! worker processes, changed at runtime with one MI command.
+//!
+//! This binary only parses the command line and dispatches:
+//! - `run`: the daemon (supervisor), in the foreground;
+//! - `db init|add|rm|list`: provisioning of the sockets table;
+//! - `check`: what a reload would apply;
+//! - `mi`: a client of the MI FIFO;
+//! - `shm-dump`: a read-only view of the shared slot table;
+//! - `worker` (hidden): a worker process, started by the supervisor with fork + exec.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "sipsockd",
+    version,
+    about = "SIP sockets provisioned from an SQL table"
+)]
+struct Cli {
+    /// Configuration file (default: ./sipsockd.toml when present, else built-in defaults).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (logs to stderr; SIGTERM stops, SIGHUP reloads).
+    Run,
+    /// Provision the sockets table.
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Read the table once and print what a reload would apply (exit 1 when it is not valid).
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one MI command to a running daemon through its FIFO.
+    Mi(MiArgs),
+    /// Print the shared slot table of a running daemon (read-only).
+    ShmDump {
+        /// The shm file (default: `[shm] path` of the configuration).
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A worker process (started by the supervisor, not by hand).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create the sockets and version tables (idempotent).
+    Init,
+    /// Add one socket row (validated first; a duplicate identity is refused).
+    Add {
+        /// `proto:host[:port]`, e.g. `udp:127.0.0.1:5070`.
+        socket: String,
+        /// Advertised `host[:port]`.
+        #[arg(long)]
+        advertised: Option<String>,
+        /// Tag.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Flags: any of anycast, frag, reuse_port.
+        #[arg(long)]
+        flags: Option<String>,
+        /// TOS: a name (IPTOS_LOWDELAY...) or 0-255.
+        #[arg(long)]
+        tos: Option<String>,
+    },
+    /// Remove a socket row, by its socket text or its id.
+    Rm {
+        /// The socket text (or its identity).
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        socket: Option<String>,
+        /// The row id.
+        #[arg(long)]
+        id: Option<i64>,
+    },
+    /// List the rows.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct MiArgs {
+    /// Server FIFO (default: `[mi_fifo] fifo_name`).
+    #[arg(long)]
+    fifo: Option<PathBuf>,
+    /// Directory for the reply FIFO (default: `[mi_fifo] reply_dir`).
+    #[arg(long)]
+    reply_dir: Option<PathBuf>,
+    /// Seconds to wait for the reply.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+    /// MI method, e.g. `sockets_reload`.
+    method: String,
+    /// Parameters as NAME=VALUE.
+    params: Vec<String>,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Pool: `udp` (or `stream`).
+    #[arg(long)]
+    kind: String,
+    /// Rank in the pool.
+    #[arg(long)]
+    rank: u32,
+    /// Inherited fd of the control socket.
+    #[arg(long)]
+    control_fd: i32,
+    /// Pid of the supervisor that started this worker.
+    #[arg(long)]
+    parent: i32,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sipsockd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Command::Worker(w) = cli.command {
+        // The supervisor passes everything the worker needs; the worker reads no config file.
+        let code = worker::run(worker::WorkerArgs {
+            kind: w.kind.parse()?,
+            rank: w.rank,
+            control_fd: w.control_fd,
+            parent: w.parent,
+        })?;
+        return Ok(ExitCode::from(code));
+    }
+    let config = supervisor::config::load(cli.config.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Run => supervisor::daemon::run(config)?,
+        Command::Db(DbCommand::Init) => supervisor::commands::db_init(&config, &mut out)?,
+        Command::Db(DbCommand::Add {
+            socket,
+            advertised,
+            tag,
+            flags,
+            tos,
+        }) => {
+            let row = supervisor::row::RawRow {
+                id: None,
+                socket: Some(socket),
+                advertised,
+                tag,
+                flags,
+                tos,
+            };
+            supervisor::commands::db_add(&config, &row, &mut out)?
+        }
+        Command::Db(DbCommand::Rm { socket, id }) => {
+            let target = match (socket, id) {
+                (_, Some(id)) => supervisor::commands::RmTarget::Id(id),
+                (Some(s), None) => supervisor::commands::RmTarget::Socket(s),
+                (None, None) => unreachable!("clap requires one of them"),
+            };
+            supervisor::commands::db_rm(&config, &target, &mut out)?
+        }
+        Command::Db(DbCommand::List { json }) => {
+            supervisor::commands::db_list(&config, json, &mut out)?
+        }
+        Command::Check { json } => {
+            if !supervisor::commands::check(&config, json, &mut out)? {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Mi(m) => {
+            let fifo = m.fifo.unwrap_or(config.mi_fifo.fifo_name.clone());
+            let reply_dir = m.reply_dir.unwrap_or(config.mi_fifo.reply_dir.clone());
+            let timeout = std::time::Duration::from_secs_f64(m.timeout.max(0.001));
+            return Ok(ExitCode::from(supervisor::mi::client::run(
+                &fifo, &reply_dir, &m.method, &m.params, timeout, &mut out,
+            )));
+        }
+        Command::ShmDump { path, json } => {
+            let path = path.unwrap_or(config.shm.path.clone());
+            shm::dump(&path, json, &mut out)?
+        }
+        Command::Worker(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

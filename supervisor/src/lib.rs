@@ -1,0 +1,12 @@
+//! sipsockd's supervisor: everything that runs in the main process.
+//!
+//! It owns the configuration, the database connection, every bind, the worker pool, the shared slot
+//! table (as its only writer) and the MI FIFO. Pure parts (row parsing, table validation, the reload
+//! diff, slot allocation) are plain functions tested without processes; system calls sit in `sys`.
+#![deny(missing_docs)]
+
+pub mod commands;
+pub mod config;
+pub mod daemon;
+pub mod mi;
+pub mod row;
