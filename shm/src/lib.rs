@@ -2,14 +2,37 @@
 //!
 //! The supervisor creates one file (`[shm] path`, mode 0600) at start. It holds a header, `max_sockets`
 //! slots allocated once, and one record per worker. The supervisor is the only writer of slots and of
-//! the header; workers only bump their own counters (atomics). Readers outside the supervisor (the
-//! `shm-dump` tool) map the file read-only and read each slot under its sequence counter, so a reader
-//! never takes a lock the supervisor waits on.
+//! the header; workers only bump counters (atomics). Readers outside the supervisor (the `shm-dump`
+//! tool) map the file read-only and read each slot under its sequence counter, so a reader never
+//! takes a lock the supervisor waits on.
+//!
+//! The three sides:
+//! - [`Table`] (`table`): the supervisor's writer; single instance by `flock`, FIFO slot rotation.
+//! - [`Attached`] (`attach`): a worker's read-write view of an fd the supervisor passed it.
+//! - [`Reader`] (`reader`): a read-only view giving a [`Snapshot`]; [`dump`] prints one.
+//!
+//! The binary layout is in `layout` (documented there, sizes pinned at compile time); every
+//! `unsafe` block is in `sys`.
 //!
 //! This crate never binds, forks or talks to a database.
 #![deny(missing_docs)]
 
+mod attach;
+mod dump;
+mod layout;
+mod reader;
+mod region;
+mod sys;
+mod table;
+
+pub use attach::Attached;
+pub use dump::dump;
+pub use layout::{WorkerRecord, LAYOUT_VERSION};
+pub use reader::{Reader, SlotSnapshot, Snapshot, WorkerSnapshot};
+pub use table::Table;
+
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// A SIP transport, as written in the `socket` column (`udp:...`) and as stored in a slot.
@@ -132,12 +155,210 @@ impl FromStr for WorkerKind {
     }
 }
 
-/// Print the table at `path` (read-only attach), as text or as the `--json` object.
-pub fn dump(
-    path: &std::path::Path,
-    json: bool,
-    out: &mut dyn std::io::Write,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = (path, json, out);
-    todo!("shm helper: implement")
+/// The state of a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    /// Not in use.
+    #[default]
+    Free,
+    /// A socket is bound and served.
+    Active,
+    /// The row is applied but its bind failed; `error` says why.
+    Error,
+}
+
+impl SlotState {
+    /// The name used in JSON and in the text dump.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Active => "active",
+            SlotState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for SlotState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the supervisor stores in a slot (texts longer than their capacity are cut on a character
+/// boundary: socket 128 bytes, address 64, advertised 160, tag 128, flags 32, error 256).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SlotData {
+    /// Free, active or error.
+    pub state: SlotState,
+    /// The `socket` column as stored in the database.
+    pub socket: String,
+    /// The transport.
+    pub proto: Option<Proto>,
+    /// The bound address, `ip:port` (`[ip6]:port`).
+    pub address: String,
+    /// The advertised `host:port`, empty when none.
+    pub advertised: String,
+    /// The row's tag.
+    pub tag: String,
+    /// The flags, comma-joined (`anycast,frag,reuse_port` order).
+    pub flags: String,
+    /// The TOS byte (0: not set).
+    pub tos: u8,
+    /// Why the bind failed (state `Error`).
+    pub error: String,
+}
+
+/// The state of a worker, as the supervisor records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Started, not yet serving every current socket.
+    Starting,
+    /// Serving every current socket.
+    Ready,
+    /// Exited; waiting to be started again.
+    Dead,
+    /// Not running (never started, or stopped at shutdown).
+    Stopped,
+}
+
+impl WorkerState {
+    /// The name used in JSON and in the text dump.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Ready => "ready",
+            WorkerState::Dead => "dead",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of the shm table, each naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmError {
+    /// Another live sipsockd holds the file.
+    #[error("{} is held by a running sipsockd (pid {pid})", path.display())]
+    Busy {
+        /// The shm file.
+        path: PathBuf,
+        /// The supervisor pid found in its header.
+        pid: u32,
+    },
+    /// A system call on the file failed.
+    #[error("{}: {op}: {source}", path.display())]
+    Io {
+        /// The shm file.
+        path: PathBuf,
+        /// What we were doing (open, lock, map...).
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a table this build can read (foreign, truncated, other layout version).
+    #[error("{}: bad shm layout: {what}", path.display())]
+    BadLayout {
+        /// The shm file.
+        path: PathBuf,
+        /// What does not match.
+        what: String,
+    },
+    /// A count given to `Table::create` is beyond what the layout allows.
+    #[error("{}: {what} {value} is above the limit {max}", path.display())]
+    TooLarge {
+        /// The shm file.
+        path: PathBuf,
+        /// Which count.
+        what: &'static str,
+        /// The value given.
+        value: u32,
+        /// The limit.
+        max: u32,
+    },
+}
+
+impl ShmError {
+    pub(crate) fn io(path: &std::path::Path, op: &'static str, source: std::io::Error) -> ShmError {
+        ShmError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn bad(path: &std::path::Path, what: impl Into<String>) -> ShmError {
+        ShmError::BadLayout {
+            path: path.to_path_buf(),
+            what: what.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The supervisor shares its table between threads; workers and readers may too.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<crate::Table>();
+        send_sync::<crate::Attached>();
+        send_sync::<crate::Reader>();
+        send_sync::<crate::WorkerRecord>();
+    }
+
+    #[test]
+    fn error_texts() {
+        let e = crate::ShmError::Busy {
+            path: "/dev/shm/sipsockd".into(),
+            pid: 12,
+        };
+        assert_eq!(
+            e.to_string(),
+            "/dev/shm/sipsockd is held by a running sipsockd (pid 12)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod testdir {
+    //! A scratch directory per test, removed afterwards.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    pub struct TestDir(PathBuf);
+
+    impl TestDir {
+        pub fn new(name: &str) -> TestDir {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("shm-test-{}-{n}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        pub fn root(&self) -> &Path {
+            &self.0
+        }
+
+        pub fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }

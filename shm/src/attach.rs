@@ -1,0 +1,140 @@
+//! The worker side: a read-write view of the table through the fd the supervisor passed.
+//!
+//! A worker only adds to counters (its own record, and the slots' datagram counters); it never
+//! writes a slot's contents or the header, which belong to the supervisor.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::region::{Access, Region};
+use crate::{ShmError, WorkerKind, WorkerRecord};
+
+/// A worker's view of the table.
+pub struct Attached {
+    region: Region,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("geometry", &self.region.geometry())
+            .finish()
+    }
+}
+
+impl Attached {
+    /// Maps `file` (open read-write, received from the supervisor) and validates its header.
+    /// The fd is closed once mapped: the mapping keeps the table alive.
+    pub fn from_file(file: File) -> Result<Attached, ShmError> {
+        let name = describe(&file);
+        let region = Region::attach(&file, &name, Access::ReadWrite)?;
+        Ok(Attached { region })
+    }
+
+    /// This worker's record (or another's), `None` beyond the pool's size.
+    pub fn worker(&self, kind: WorkerKind, rank: u32) -> Option<&WorkerRecord> {
+        self.region.worker(kind, rank)
+    }
+
+    /// The number of slots.
+    pub fn max_sockets(&self) -> u32 {
+        self.region.geometry().max_sockets
+    }
+
+    /// Adds `n` datagrams to a slot's counter (ignored beyond `max_sockets`).
+    pub fn add_slot_received(&self, index: u32, n: u64) {
+        if let Some(slot) = self.region.slot(index) {
+            slot.received.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Moves a slot's open-connection gauge by `delta` (ignored beyond `max_sockets`).
+    pub fn add_slot_connections(&self, index: u32, delta: i64) {
+        if let Some(slot) = self.region.slot(index) {
+            slot.connections.fetch_add(delta, Relaxed);
+        }
+    }
+}
+
+/// A name for errors: the path the fd was opened at when /proc tells it, else the fd number.
+fn describe(file: &File) -> PathBuf {
+    let fd = file.as_raw_fd();
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .unwrap_or_else(|_| PathBuf::from(format!("fd {fd}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testdir::TestDir;
+    use crate::{Proto, Reader, SlotData, SlotState, Table, WorkerState};
+
+    #[test]
+    fn attached_counters_show_in_the_reader_snapshot() {
+        let dir = TestDir::new("attach");
+        let path = dir.path("t.shm");
+        let table = Table::create(&path, 4, 2, 0).unwrap();
+        let data = SlotData {
+            state: SlotState::Active,
+            socket: "udp:127.0.0.1:5060".into(),
+            proto: Some(Proto::Udp),
+            address: "127.0.0.1:5060".into(),
+            ..Default::default()
+        };
+        let index = table.occupy(&data).unwrap();
+        let rec = table.worker(WorkerKind::Udp, 1).unwrap();
+        rec.set_pid(4242);
+        rec.set_state(WorkerState::Ready);
+        rec.add_restart();
+
+        // What a worker does with the fd it received.
+        let attached = Attached::from_file(table.file().try_clone().unwrap()).unwrap();
+        assert_eq!(attached.max_sockets(), 4);
+        attached.add_slot_received(index, 3);
+        attached.add_slot_received(index, 2);
+        attached.add_slot_connections(index, 2);
+        attached.add_slot_connections(index, -1);
+        attached.add_slot_received(99, 1); // ignored
+        let me = attached.worker(WorkerKind::Udp, 1).unwrap();
+        assert_eq!(
+            (me.pid(), me.state(), me.restarts()),
+            (4242, WorkerState::Ready, 1)
+        );
+        me.add_received(5);
+        me.add_replied(4);
+        me.add_dropped(1);
+        me.add_wakeups(6);
+        assert!(attached.worker(WorkerKind::Udp, 2).is_none());
+
+        assert_eq!(table.slot_received(index), 5);
+        let snap = Reader::open(&path).unwrap().snapshot();
+        let slot = &snap.slots[0];
+        assert_eq!((slot.index, slot.received, slot.connections), (index, 5, 1));
+        let w = &snap.workers[1];
+        assert_eq!(
+            (w.rank, w.kind, w.pid, w.state),
+            (1, WorkerKind::Udp, 4242, WorkerState::Ready)
+        );
+        assert_eq!(
+            (w.restarts, w.received, w.replied, w.dropped, w.wakeups),
+            (1, 5, 4, 1, 6)
+        );
+    }
+
+    #[test]
+    fn a_foreign_fd_is_refused() {
+        let dir = TestDir::new("attach-bad");
+        let path = dir.path("junk");
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let err = Attached::from_file(file).unwrap_err();
+        assert!(matches!(err, ShmError::BadLayout { .. }), "{err}");
+        assert!(err.to_string().contains("junk"), "{err}");
+    }
+}

@@ -1,0 +1,721 @@
+//! The binary layout of the shm file, and the code that reads and writes one slot's contents.
+//!
+//! This module owns the `#[repr(C)]` structures and the rules every attach checks; it never opens
+//! or maps a file (that is `sys` and the three sides: `table`, `attach`, `reader`).
+//!
+//! ```text
+//! offset                      size            what
+//! 0                           128             Header
+//! 128                         832 * S         S = max_sockets slots
+//! 128 + 832*S                 64 * (U + T)    worker records: U = processes (udp), then T = stream workers
+//! total = 128 + 832*S + 64*(U+T)              the file length must be exactly this
+//! ```
+//!
+//! Every field in shared memory is an atomic, so the supervisor, the workers and readers may touch
+//! the same bytes at once without a data race; integers are in host byte order (the file never
+//! leaves the host). The first 40 header bytes (magic, layout, sizes, counts, pid) keep their
+//! place in every future layout, so any version can say whose file it is.
+
+use std::mem::{align_of, offset_of, size_of};
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+
+use crate::{Proto, SlotData, SlotState, WorkerKind, WorkerState};
+
+/// The first 8 bytes of the file: "SIPSKSHM" as written by a little-endian host (a file of the
+/// other byte order fails this check instead of being misread).
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SIPSKSHM");
+/// Bumped on any change of the structures below.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Sanity limits, so a foreign header cannot make us compute or map absurd sizes.
+pub(crate) const MAX_SLOTS: u32 = 65_536;
+/// Per pool.
+pub(crate) const MAX_WORKERS: u32 = 4_096;
+
+/// Byte capacities of the text fields (the socket one matches the schema's CHAR(128)).
+pub(crate) const SOCKET_CAP: usize = 128;
+pub(crate) const ADDRESS_CAP: usize = 64;
+pub(crate) const ADVERTISED_CAP: usize = 160;
+pub(crate) const TAG_CAP: usize = 128;
+pub(crate) const FLAGS_CAP: usize = 32;
+pub(crate) const ERROR_CAP: usize = 256;
+
+/// The six text fields in storage order, with their capacities.
+const TEXT_CAPS: [usize; 6] = [
+    SOCKET_CAP,
+    ADDRESS_CAP,
+    ADVERTISED_CAP,
+    TAG_CAP,
+    FLAGS_CAP,
+    ERROR_CAP,
+];
+/// Bytes before the text: state, proto, tos, one spare byte, six u16 lengths.
+const META_LEN: usize = 16;
+/// The seqlock-protected contents of a slot, in bytes.
+pub(crate) const CONTENT_LEN: usize =
+    META_LEN + SOCKET_CAP + ADDRESS_CAP + ADVERTISED_CAP + TAG_CAP + FLAGS_CAP + ERROR_CAP;
+/// The same, in 64-bit words.
+pub(crate) const CONTENT_WORDS: usize = CONTENT_LEN / 8;
+
+/// The file header. Written once at creation (before the file becomes visible at its path),
+/// except `generation` and `cursor`, which only the supervisor stores.
+#[repr(C)]
+pub(crate) struct Header {
+    pub magic: AtomicU64,
+    pub layout: AtomicU32,
+    pub header_size: AtomicU32,
+    pub slot_size: AtomicU32,
+    pub worker_size: AtomicU32,
+    pub max_sockets: AtomicU32,
+    /// The number of UDP workers (`[sockets_mgm] processes`).
+    pub processes: AtomicU32,
+    pub stream_workers: AtomicU32,
+    /// The supervisor's pid.
+    pub pid: AtomicU32,
+    /// Unix time, seconds, at creation.
+    pub start_time: AtomicU64,
+    /// The reload generation last applied.
+    pub generation: AtomicU64,
+    /// The slot allocated last (`max_sockets - 1` before the first allocation, so it is slot 0).
+    pub cursor: AtomicU32,
+    _spare: AtomicU32,
+    _reserved: [AtomicU64; 8],
+}
+
+/// One socket slot.
+#[repr(C)]
+pub(crate) struct Slot {
+    /// Seqlock sequence: odd while the supervisor writes `words`.
+    pub seq: AtomicU64,
+    /// Datagrams received on the slot's socket (workers add; not under the seqlock).
+    pub received: AtomicU64,
+    /// Open connections (stream sockets; a gauge workers move; not under the seqlock).
+    pub connections: AtomicI64,
+    _reserved: AtomicU64,
+    /// The contents (see `encode`), read and written word by word under `seq`.
+    pub words: [AtomicU64; CONTENT_WORDS],
+    /// Pads the slot to 13 cache lines.
+    _pad: [AtomicU64; 2],
+}
+
+/// One worker's record; every field is an atomic so the supervisor and the worker may both write
+/// without a lock.
+#[repr(C)]
+pub struct WorkerRecord {
+    pub(crate) kind: AtomicU32,
+    pub(crate) rank: AtomicU32,
+    pub(crate) pid: AtomicU32,
+    pub(crate) state: AtomicU32,
+    pub(crate) restarts: AtomicU32,
+    _spare: AtomicU32,
+    pub(crate) received: AtomicU64,
+    pub(crate) replied: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) wakeups: AtomicU64,
+    _reserved: AtomicU64,
+}
+
+pub(crate) const HEADER_SIZE: usize = 128;
+pub(crate) const SLOT_SIZE: usize = 832;
+pub(crate) const WORKER_SIZE: usize = 64;
+
+// The layout is a contract with other processes (and other builds): pin it.
+const _: () = {
+    assert!(size_of::<Header>() == HEADER_SIZE);
+    assert!(size_of::<Slot>() == SLOT_SIZE);
+    assert!(size_of::<WorkerRecord>() == WORKER_SIZE);
+    assert!(CONTENT_LEN % 8 == 0 && CONTENT_LEN == 784);
+    assert!(
+        align_of::<Header>() == 8 && align_of::<Slot>() == 8 && align_of::<WorkerRecord>() == 8
+    );
+    assert!(HEADER_SIZE % 64 == 0 && SLOT_SIZE % 64 == 0 && WORKER_SIZE % 64 == 0);
+    // The stable prefix every layout version keeps.
+    assert!(offset_of!(Header, magic) == 0);
+    assert!(offset_of!(Header, layout) == 8);
+    assert!(offset_of!(Header, header_size) == 12);
+    assert!(offset_of!(Header, slot_size) == 16);
+    assert!(offset_of!(Header, worker_size) == 20);
+    assert!(offset_of!(Header, max_sockets) == 24);
+    assert!(offset_of!(Header, processes) == 28);
+    assert!(offset_of!(Header, stream_workers) == 32);
+    assert!(offset_of!(Header, pid) == 36);
+    assert!(offset_of!(Header, start_time) == 40);
+    assert!(offset_of!(Header, generation) == 48);
+    assert!(offset_of!(Header, cursor) == 56);
+    assert!(offset_of!(Slot, seq) == 0);
+    assert!(offset_of!(Slot, received) == 8);
+    assert!(offset_of!(Slot, connections) == 16);
+    assert!(offset_of!(Slot, words) == 32);
+    assert!(offset_of!(WorkerRecord, kind) == 0);
+    assert!(offset_of!(WorkerRecord, rank) == 4);
+    assert!(offset_of!(WorkerRecord, pid) == 8);
+    assert!(offset_of!(WorkerRecord, state) == 12);
+    assert!(offset_of!(WorkerRecord, restarts) == 16);
+    assert!(offset_of!(WorkerRecord, received) == 24);
+    assert!(offset_of!(WorkerRecord, replied) == 32);
+    assert!(offset_of!(WorkerRecord, dropped) == 40);
+    assert!(offset_of!(WorkerRecord, wakeups) == 48);
+};
+
+/// Where the header's pid sits, for reading it from a file we could not lock.
+pub(crate) const PID_OFFSET: u64 = 36;
+
+/// The counts a file was created with, from which every offset follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub max_sockets: u32,
+    pub processes: u32,
+    pub stream_workers: u32,
+}
+
+impl Geometry {
+    pub fn slots_offset(&self) -> usize {
+        HEADER_SIZE
+    }
+
+    pub fn workers_offset(&self) -> usize {
+        HEADER_SIZE + SLOT_SIZE * self.max_sockets as usize
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.processes as usize + self.stream_workers as usize
+    }
+
+    /// The exact file length; the limits keep it far below `usize::MAX` on any 32/64-bit host.
+    pub fn total_len(&self) -> usize {
+        self.workers_offset() + WORKER_SIZE * self.worker_count()
+    }
+
+    /// Checks the counts against the limits; `Err` names the one that is too large.
+    pub fn check_limits(&self) -> Result<(), (&'static str, u32, u32)> {
+        if self.max_sockets > MAX_SLOTS {
+            return Err(("max_sockets", self.max_sockets, MAX_SLOTS));
+        }
+        if self.processes > MAX_WORKERS {
+            return Err(("processes", self.processes, MAX_WORKERS));
+        }
+        if self.stream_workers > MAX_WORKERS {
+            return Err(("stream_workers", self.stream_workers, MAX_WORKERS));
+        }
+        Ok(())
+    }
+
+    /// The position of a worker's record among all records (udp first, then stream).
+    pub fn worker_index(&self, kind: WorkerKind, rank: u32) -> Option<usize> {
+        match kind {
+            WorkerKind::Udp if rank < self.processes => Some(rank as usize),
+            WorkerKind::Stream if rank < self.stream_workers => {
+                Some(self.processes as usize + rank as usize)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Checks a mapped header against this build and the file length, and returns its geometry.
+/// `Err` is the text of a `BadLayout`, naming what does not match.
+pub(crate) fn validate(header: &Header, file_len: usize) -> Result<Geometry, String> {
+    let magic = header.magic.load(Relaxed);
+    if magic != MAGIC {
+        return Err(format!(
+            "magic is {:?}, expected \"SIPSKSHM\" (not a sipsockd shm file)",
+            String::from_utf8_lossy(&magic.to_le_bytes())
+        ));
+    }
+    let layout = header.layout.load(Relaxed);
+    if layout != LAYOUT_VERSION {
+        return Err(format!(
+            "layout version {layout}, this build reads {LAYOUT_VERSION}"
+        ));
+    }
+    for (what, found, expected) in [
+        ("header size", header.header_size.load(Relaxed), HEADER_SIZE),
+        ("slot size", header.slot_size.load(Relaxed), SLOT_SIZE),
+        (
+            "worker record size",
+            header.worker_size.load(Relaxed),
+            WORKER_SIZE,
+        ),
+    ] {
+        if found as usize != expected {
+            return Err(format!("{what} {found}, expected {expected}"));
+        }
+    }
+    let geo = Geometry {
+        max_sockets: header.max_sockets.load(Relaxed),
+        processes: header.processes.load(Relaxed),
+        stream_workers: header.stream_workers.load(Relaxed),
+    };
+    geo.check_limits()
+        .map_err(|(what, value, max)| format!("{what} {value} is above the limit {max}"))?;
+    if geo.total_len() != file_len {
+        return Err(format!(
+            "file is {file_len} bytes, but max_sockets {} and {} workers need {}",
+            geo.max_sockets,
+            geo.worker_count(),
+            geo.total_len()
+        ));
+    }
+    Ok(geo)
+}
+
+/// Fills a header at creation (the file is not yet visible to anyone else).
+pub(crate) fn init_header(header: &Header, geo: Geometry, pid: u32, start_time: u64) {
+    header.layout.store(LAYOUT_VERSION, Relaxed);
+    header.header_size.store(HEADER_SIZE as u32, Relaxed);
+    header.slot_size.store(SLOT_SIZE as u32, Relaxed);
+    header.worker_size.store(WORKER_SIZE as u32, Relaxed);
+    header.max_sockets.store(geo.max_sockets, Relaxed);
+    header.processes.store(geo.processes, Relaxed);
+    header.stream_workers.store(geo.stream_workers, Relaxed);
+    header.pid.store(pid, Relaxed);
+    header.start_time.store(start_time, Relaxed);
+    header.generation.store(0, Relaxed);
+    header
+        .cursor
+        .store(geo.max_sockets.saturating_sub(1), Relaxed);
+    // The magic last: a header with a magic is a complete one.
+    header.magic.store(MAGIC, Release);
+}
+
+/// Fills a worker record's identity at creation.
+pub(crate) fn init_worker(record: &WorkerRecord, kind: WorkerKind, rank: u32) {
+    record.kind.store(kind as u32, Relaxed);
+    record.rank.store(rank, Relaxed);
+    record.set_state(WorkerState::Stopped);
+}
+
+// ---- slot contents ------------------------------------------------------------------------------
+
+pub(crate) fn slot_state_code(state: SlotState) -> u8 {
+    match state {
+        SlotState::Free => 0,
+        SlotState::Active => 1,
+        SlotState::Error => 2,
+    }
+}
+
+/// Unknown codes (a damaged file) read as `Error`, so they show up rather than hide.
+pub(crate) fn slot_state_from_code(code: u8) -> SlotState {
+    match code {
+        0 => SlotState::Free,
+        1 => SlotState::Active,
+        _ => SlotState::Error,
+    }
+}
+
+/// The longest prefix of `s` that fits `cap` bytes and ends on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, cap: usize) -> &str {
+    if s.len() <= cap {
+        return s;
+    }
+    let mut end = cap;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The contents of a slot as bytes: byte 0 state, 1 proto code (0 none), 2 tos, 3 spare,
+/// 4..16 the six text lengths (u16, host order), then the six texts at fixed places.
+pub(crate) fn encode(data: &SlotData) -> [u8; CONTENT_LEN] {
+    let mut buf = [0u8; CONTENT_LEN];
+    buf[0] = slot_state_code(data.state);
+    buf[1] = data.proto.map_or(0, Proto::code);
+    buf[2] = data.tos;
+    let texts = [
+        &data.socket,
+        &data.address,
+        &data.advertised,
+        &data.tag,
+        &data.flags,
+        &data.error,
+    ];
+    let mut at = META_LEN;
+    for (i, (text, cap)) in texts.iter().zip(TEXT_CAPS).enumerate() {
+        let t = truncate_utf8(text, cap).as_bytes();
+        // Lengths are at most 256, well within u16.
+        buf[4 + 2 * i..6 + 2 * i].copy_from_slice(&(t.len() as u16).to_ne_bytes());
+        buf[at..at + t.len()].copy_from_slice(t);
+        at += cap;
+    }
+    buf
+}
+
+/// The inverse of `encode`; never fails: a damaged length is clamped, bad UTF-8 replaced.
+pub(crate) fn decode(buf: &[u8; CONTENT_LEN]) -> SlotData {
+    let mut texts: [String; 6] = Default::default();
+    let mut at = META_LEN;
+    for (i, cap) in TEXT_CAPS.into_iter().enumerate() {
+        let len = u16::from_ne_bytes([buf[4 + 2 * i], buf[5 + 2 * i]]) as usize;
+        texts[i] = String::from_utf8_lossy(&buf[at..at + len.min(cap)]).into_owned();
+        at += cap;
+    }
+    let [socket, address, advertised, tag, flags, error] = texts;
+    SlotData {
+        state: slot_state_from_code(buf[0]),
+        socket,
+        proto: Proto::from_code(buf[1]),
+        address,
+        advertised,
+        tag,
+        flags,
+        tos: buf[2],
+        error,
+    }
+}
+
+// ---- seqlock ------------------------------------------------------------------------------------
+
+/// How long a reader keeps retrying a slot that is being written. An update is ~100 stores, so
+/// this only runs out when the writer stopped in the middle of one (killed, SIGSTOPped, or starved
+/// of CPU for that long).
+const READ_PATIENCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A read of a slot's contents; `consistent` is false only when every attempt overlapped a write.
+pub(crate) struct SeqRead {
+    pub bytes: [u8; CONTENT_LEN],
+    pub consistent: bool,
+}
+
+impl Slot {
+    /// The state byte, read without the seqlock: only for the single writer, who cannot race itself.
+    pub fn state_code_unsynced(&self) -> u8 {
+        self.words[0].load(Relaxed).to_ne_bytes()[0]
+    }
+
+    /// Writes new contents. Callers must be the one writer of this slot (the `Table` serializes).
+    pub fn write(&self, bytes: &[u8; CONTENT_LEN]) {
+        let seq = self.seq.load(Relaxed);
+        // Odd: readers that see it, or see words of this write, retry.
+        self.seq.store(seq | 1, Relaxed);
+        fence(Release);
+        for (word, chunk) in self.words.iter().zip(bytes.chunks_exact(8)) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            word.store(u64::from_ne_bytes(w), Relaxed);
+        }
+        self.seq.store((seq | 1).wrapping_add(1), Release);
+    }
+
+    /// Reads the contents consistently. Only Relaxed loads and fences, because readers map the
+    /// file read-only and Relaxed loads of word size are the ones Rust allows on read-only memory.
+    pub fn read(&self) -> SeqRead {
+        let mut bytes = [0u8; CONTENT_LEN];
+        let mut deadline = None;
+        for attempt in 0u64.. {
+            let before = self.seq.load(Relaxed);
+            fence(Acquire);
+            if before & 1 == 0 {
+                for (word, chunk) in self.words.iter().zip(bytes.chunks_exact_mut(8)) {
+                    chunk.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
+                }
+                fence(Acquire);
+                if self.seq.load(Relaxed) == before {
+                    return SeqRead {
+                        bytes,
+                        consistent: true,
+                    };
+                }
+            }
+            if attempt % 64 == 63 {
+                // The clock is only read once contended, so an uncontended read costs no syscall.
+                let now = std::time::Instant::now();
+                if *deadline.get_or_insert(now + READ_PATIENCE) <= now {
+                    break;
+                }
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        for (word, chunk) in self.words.iter().zip(bytes.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&word.load(Relaxed).to_ne_bytes());
+        }
+        SeqRead {
+            bytes,
+            consistent: false,
+        }
+    }
+
+    /// Zeroes the counters (the slot changes owner).
+    pub fn reset_counters(&self) {
+        self.received.store(0, Relaxed);
+        self.connections.store(0, Relaxed);
+    }
+}
+
+// ---- worker records -----------------------------------------------------------------------------
+
+fn worker_state_code(s: WorkerState) -> u32 {
+    match s {
+        WorkerState::Stopped => 0,
+        WorkerState::Starting => 1,
+        WorkerState::Ready => 2,
+        WorkerState::Dead => 3,
+    }
+}
+
+impl WorkerRecord {
+    /// Records the worker's pid (0: none).
+    pub fn set_pid(&self, pid: u32) {
+        self.pid.store(pid, Relaxed);
+    }
+
+    /// The worker's pid (0: none).
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Relaxed)
+    }
+
+    /// Records the worker's state.
+    pub fn set_state(&self, s: WorkerState) {
+        self.state.store(worker_state_code(s), Relaxed);
+    }
+
+    /// The worker's state; an unknown code (a damaged file) reads as `Dead`.
+    pub fn state(&self) -> WorkerState {
+        match self.state.load(Relaxed) {
+            0 => WorkerState::Stopped,
+            1 => WorkerState::Starting,
+            2 => WorkerState::Ready,
+            _ => WorkerState::Dead,
+        }
+    }
+
+    /// Counts one more restart.
+    pub fn add_restart(&self) {
+        self.restarts.fetch_add(1, Relaxed);
+    }
+
+    /// Restarts so far.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Relaxed)
+    }
+
+    /// Adds datagrams received.
+    pub fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Relaxed);
+    }
+
+    /// Adds replies sent.
+    pub fn add_replied(&self, n: u64) {
+        self.replied.fetch_add(n, Relaxed);
+    }
+
+    /// Adds datagrams dropped (malformed, or not answered by design).
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Relaxed);
+    }
+
+    /// Adds wake-ups (returns from the worker's wait), to measure wake-ups per datagram.
+    pub fn add_wakeups(&self, n: u64) {
+        self.wakeups.fetch_add(n, Relaxed);
+    }
+
+    /// Datagrams received.
+    pub fn received(&self) -> u64 {
+        self.received.load(Relaxed)
+    }
+
+    /// Replies sent.
+    pub fn replied(&self) -> u64 {
+        self.replied.load(Relaxed)
+    }
+
+    /// Datagrams dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Wake-ups.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Relaxed)
+    }
+
+    /// The pool this record belongs to, as written at creation (`None` if damaged).
+    pub(crate) fn kind(&self) -> Option<WorkerKind> {
+        match self.kind.load(Relaxed) {
+            1 => Some(WorkerKind::Udp),
+            2 => Some(WorkerKind::Stream),
+            _ => None,
+        }
+    }
+
+    /// The rank in its pool, as written at creation.
+    pub(crate) fn rank(&self) -> u32 {
+        self.rank.load(Relaxed)
+    }
+}
+
+impl std::fmt::Debug for WorkerRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerRecord")
+            .field("kind", &self.kind())
+            .field("rank", &self.rank())
+            .field("pid", &self.pid())
+            .field("state", &self.state())
+            .field("restarts", &self.restarts())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SlotData {
+        SlotData {
+            state: SlotState::Active,
+            socket: "udp:127.0.0.1:5070".into(),
+            proto: Some(Proto::Udp),
+            address: "127.0.0.1:5070".into(),
+            advertised: "sip.example.com:5060".into(),
+            tag: "edge".into(),
+            flags: "frag,reuse_port".into(),
+            tos: 0x10,
+            error: String::new(),
+        }
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let d = sample();
+        assert_eq!(decode(&encode(&d)), d);
+        let e = SlotData {
+            state: SlotState::Error,
+            proto: None,
+            error: "bind: Cannot assign requested address (os error 99)".into(),
+            ..Default::default()
+        };
+        assert_eq!(decode(&encode(&e)), e);
+    }
+
+    #[test]
+    fn text_is_truncated_on_a_char_boundary() {
+        // 'é' is two bytes; 127 ASCII bytes then 'é' crosses the 128-byte capacity.
+        let socket = format!("{}é", "a".repeat(127));
+        let d = SlotData { socket, ..sample() };
+        let back = decode(&encode(&d));
+        assert_eq!(back.socket, "a".repeat(127));
+        let long_error = "ü".repeat(200); // 400 bytes
+        let d = SlotData {
+            error: long_error,
+            ..sample()
+        };
+        let back = decode(&encode(&d));
+        assert_eq!(back.error, "ü".repeat(128));
+        assert_eq!(truncate_utf8("abc", 2), "ab");
+        assert_eq!(truncate_utf8("é", 1), "");
+    }
+
+    #[test]
+    fn decode_never_panics_on_damage() {
+        let mut buf = [0xffu8; CONTENT_LEN];
+        let d = decode(&buf);
+        assert_eq!(d.state, SlotState::Error);
+        assert_eq!(d.proto, None);
+        assert_eq!(d.socket.chars().count(), SOCKET_CAP); // all replacement characters
+        buf[0] = 1;
+        buf[1] = 1;
+        assert_eq!(decode(&buf).proto, Some(Proto::Udp));
+    }
+
+    #[test]
+    fn geometry_offsets() {
+        let g = Geometry {
+            max_sockets: 100,
+            processes: 8,
+            stream_workers: 2,
+        };
+        assert_eq!(g.slots_offset(), 128);
+        assert_eq!(g.workers_offset(), 128 + 832 * 100);
+        assert_eq!(g.total_len(), 128 + 832 * 100 + 64 * 10);
+        assert_eq!(g.worker_index(WorkerKind::Udp, 7), Some(7));
+        assert_eq!(g.worker_index(WorkerKind::Udp, 8), None);
+        assert_eq!(g.worker_index(WorkerKind::Stream, 1), Some(9));
+        assert_eq!(g.worker_index(WorkerKind::Stream, 2), None);
+        assert!(Geometry {
+            max_sockets: MAX_SLOTS + 1,
+            ..g
+        }
+        .check_limits()
+        .is_err());
+        // The largest table stays far from overflowing a usize.
+        let max = Geometry {
+            max_sockets: MAX_SLOTS,
+            processes: MAX_WORKERS,
+            stream_workers: MAX_WORKERS,
+        };
+        assert!(max.check_limits().is_ok());
+        assert!(max.total_len() < 64 << 20);
+    }
+
+    #[test]
+    fn slot_write_then_read_in_process() {
+        // Heap memory is as good as a mapping for the seqlock logic itself.
+        let slot: Slot = Slot {
+            seq: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            connections: AtomicI64::new(0),
+            _reserved: AtomicU64::new(0),
+            words: std::array::from_fn(|_| AtomicU64::new(0)),
+            _pad: Default::default(),
+        };
+        let d = sample();
+        slot.write(&encode(&d));
+        assert_eq!(slot.seq.load(Relaxed), 2);
+        let r = slot.read();
+        assert!(r.consistent);
+        assert_eq!(decode(&r.bytes), d);
+        assert_eq!(slot.state_code_unsynced(), 1);
+        // A writer that died mid-write leaves an odd sequence: the reader gives up, flagged.
+        slot.seq.store(3, Relaxed);
+        assert!(!slot.read().consistent);
+    }
+
+    #[test]
+    fn validate_names_the_mismatch() {
+        let h: Header = Header {
+            magic: AtomicU64::new(0),
+            layout: AtomicU32::new(0),
+            header_size: AtomicU32::new(0),
+            slot_size: AtomicU32::new(0),
+            worker_size: AtomicU32::new(0),
+            max_sockets: AtomicU32::new(0),
+            processes: AtomicU32::new(0),
+            stream_workers: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            start_time: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            cursor: AtomicU32::new(0),
+            _spare: AtomicU32::new(0),
+            _reserved: Default::default(),
+        };
+        assert!(validate(&h, 128).unwrap_err().contains("magic"));
+        let geo = Geometry {
+            max_sockets: 2,
+            processes: 1,
+            stream_workers: 0,
+        };
+        init_header(&h, geo, 42, 0);
+        assert_eq!(validate(&h, geo.total_len()), Ok(geo));
+        assert_eq!(h.cursor.load(Relaxed), 1);
+        assert!(validate(&h, geo.total_len() - 1)
+            .unwrap_err()
+            .contains("file is"));
+        h.layout.store(7, Relaxed);
+        assert!(validate(&h, geo.total_len())
+            .unwrap_err()
+            .contains("layout version 7"));
+        h.layout.store(LAYOUT_VERSION, Relaxed);
+        h.slot_size.store(800, Relaxed);
+        assert!(validate(&h, geo.total_len())
+            .unwrap_err()
+            .contains("slot size 800"));
+        h.slot_size.store(SLOT_SIZE as u32, Relaxed);
+        h.max_sockets.store(u32::MAX, Relaxed);
+        assert!(validate(&h, geo.total_len())
+            .unwrap_err()
+            .contains("max_sockets"));
+    }
+}
