@@ -4,9 +4,25 @@
 //! subcommand), receives socket fds over its own Unix-domain control socket (SCM_RIGHTS), and
 //! serves SIP on them. It never binds, never reads the database and never writes a slot of the
 //! shared table: it only bumps its own counters there.
+//!
+//! Modules, from the wire up:
+//! - [`sip`]: zero-copy SIP parsing and stream framing;
+//! - [`handler`]: the stateless responder, independent of the transport;
+//! - [`ipc`]: the control messages; [`channel`]: the socket that carries them with their fds;
+//! - [`udp`]: the UDP serving loop;
+//! - `sys`: every system call that needs `unsafe` (fd passing, recvmmsg/sendmmsg, epoll).
 #![deny(missing_docs)]
 
+pub mod channel;
+pub mod handler;
 pub mod ipc;
+pub mod sip;
+mod sys;
+pub mod udp;
+
+pub use channel::{Channel, ChannelError};
+pub use handler::{Outcome, Responder};
+pub use udp::{serve, ServeError, EXIT_BAD_CONTROL};
 
 /// What the supervisor passes on the `worker` command line.
 #[derive(Debug, Clone)]
@@ -21,8 +37,46 @@ pub struct WorkerArgs {
     pub parent: i32,
 }
 
-/// The worker's main: returns the process exit code.
+/// Why a worker process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `prctl(PR_SET_PDEATHSIG)` failed.
+    #[error("cannot ask for a parent-death signal: {0}")]
+    DeathSignal(#[source] std::io::Error),
+    /// The inherited control fd is not usable.
+    #[error("control fd {fd}: {source}")]
+    ControlFd {
+        /// The fd number given with `--control-fd`.
+        fd: i32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The worker's main: returns the process exit code (0: told to stop, or the supervisor is gone;
+/// [`EXIT_BAD_CONTROL`]: a control message it could not take).
 pub fn run(args: WorkerArgs) -> Result<u8, Box<dyn std::error::Error>> {
-    let _ = args;
-    todo!("worker helper: implement")
+    // First, so that no window is left where the supervisor dies unnoticed; then check it did not
+    // die before the prctl.
+    sys::kill_me_with_parent().map_err(StartError::DeathSignal)?;
+    if sys::parent_pid() != args.parent {
+        return Ok(0);
+    }
+    let fd = sys::adopt_inherited_fd(args.control_fd).map_err(|source| StartError::ControlFd {
+        fd: args.control_fd,
+        source,
+    })?;
+    let socket_type = sys::socket_type(std::os::fd::AsFd::as_fd(&fd));
+    if !matches!(socket_type, Ok(nix::sys::socket::SockType::SeqPacket)) {
+        return Err(StartError::ControlFd {
+            fd: args.control_fd,
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a SOCK_SEQPACKET socket",
+            ),
+        }
+        .into());
+    }
+    Ok(udp::serve(Channel::from_fd(fd), args.kind, args.rank)?)
 }

@@ -1,0 +1,999 @@
+//! Zero-copy SIP message parsing (RFC 3261 §7).
+//!
+//! Owns the syntax of one message: the start line (request or status), the header fields (full and
+//! compact names, RFC 3261 §7.3.3 plus the compact forms registered since), the body delimited by
+//! `Content-Length`, and the framing of messages on a stream ([`frame_len`]). Everything borrows
+//! from the caller's buffer; nothing here allocates or panics, whatever the bytes (indexing and
+//! `unwrap` are denied by lint outside tests).
+//!
+//! Choices where RFC 3261 leaves room, applied the same way everywhere:
+//! - lines end with CRLF or a bare LF; a CR anywhere else in the header section is refused;
+//! - folded header lines (a line starting with SP or HTAB continues the previous one) are
+//!   accepted; the fold stays in the value, and [`put_unfolded`] writes it back as one SP;
+//! - CR and LF before the start line are skipped (RFC 3261 §7.5);
+//! - the header section must be UTF-8 with no control character but HTAB; the body is any bytes;
+//! - on a datagram, `Content-Length` is optional (RFC 3261 §18.3): when given, bytes past it are
+//!   discarded and a shorter body is an error; when absent, the body is the rest of the datagram.
+//!   On a stream ([`frame_len`]) it is required.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+
+use std::io::Write;
+
+/// The largest message [`frame_len`] accepts on a stream (header section and body), in bytes.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Why a message could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing but CR/LF (or nothing at all).
+    #[error("empty message")]
+    Empty,
+    /// The header section does not end with an empty line.
+    #[error("header section not terminated by an empty line")]
+    Unterminated,
+    /// The header section is not UTF-8.
+    #[error("header section is not UTF-8")]
+    NotUtf8,
+    /// A control character (NUL, a lone CR, ...) in the header section.
+    #[error("control character in the header section")]
+    ControlChar,
+    /// The start line is neither a Request-Line nor a Status-Line.
+    #[error("bad start line")]
+    BadStartLine,
+    /// The SIP version is not `SIP/2.0`.
+    #[error("unsupported SIP version")]
+    BadVersion,
+    /// The status code is not three digits from 100 to 699.
+    #[error("bad status code")]
+    BadStatusCode,
+    /// A header line without a colon, with an empty or invalid name, or a fold with nothing
+    /// before it.
+    #[error("bad header line")]
+    BadHeader,
+    /// `Content-Length` is not a number that fits.
+    #[error("bad Content-Length")]
+    BadContentLength,
+    /// Two `Content-Length` headers with different values.
+    #[error("conflicting Content-Length headers")]
+    ConflictingContentLength,
+    /// No `Content-Length` on a stream.
+    #[error("missing Content-Length")]
+    MissingContentLength,
+    /// The body is shorter than `Content-Length`.
+    #[error("body shorter than Content-Length")]
+    ShortBody,
+    /// Larger than [`MAX_FRAME_LEN`] (streams only).
+    #[error("message larger than the limit")]
+    TooLarge,
+}
+
+/// The first line of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartLine<'a> {
+    /// `METHOD Request-URI SIP/2.0`.
+    Request {
+        /// The method, case-sensitive as RFC 3261 says (`INVITE`, `OPTIONS`, ...).
+        method: &'a str,
+        /// The Request-URI, as written.
+        uri: &'a str,
+    },
+    /// `SIP/2.0 CODE Reason`.
+    Response {
+        /// The status code, 100 to 699.
+        code: u16,
+        /// The reason phrase (may be empty).
+        reason: &'a str,
+    },
+}
+
+/// The header fields this crate tells apart; every other one is [`HeaderKind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderKind {
+    /// `Via` / `v`.
+    Via,
+    /// `From` / `f`.
+    From,
+    /// `To` / `t`.
+    To,
+    /// `Call-ID` / `i`.
+    CallId,
+    /// `CSeq` (no compact form).
+    CSeq,
+    /// `Content-Length` / `l`.
+    ContentLength,
+    /// `Contact` / `m`.
+    Contact,
+    /// `Content-Type` / `c`.
+    ContentType,
+    /// `Content-Encoding` / `e`.
+    ContentEncoding,
+    /// `Subject` / `s`.
+    Subject,
+    /// `Supported` / `k`.
+    Supported,
+    /// `Event` / `o` (RFC 6665).
+    Event,
+    /// `Allow-Events` / `u` (RFC 6665).
+    AllowEvents,
+    /// `Refer-To` / `r` (RFC 3515).
+    ReferTo,
+    /// `Referred-By` / `b` (RFC 3892).
+    ReferredBy,
+    /// `Session-Expires` / `x` (RFC 4028).
+    SessionExpires,
+    /// `Accept-Contact` / `a` (RFC 3841).
+    AcceptContact,
+    /// `Reject-Contact` / `j` (RFC 3841).
+    RejectContact,
+    /// `Request-Disposition` / `d` (RFC 3841).
+    RequestDisposition,
+    /// `Identity` / `y` (RFC 8224).
+    Identity,
+    /// Any other header.
+    Other,
+}
+
+/// (full name, compact form, kind); names compare case-insensitively.
+const NAMES: &[(&str, Option<&str>, HeaderKind)] = &[
+    ("Via", Some("v"), HeaderKind::Via),
+    ("From", Some("f"), HeaderKind::From),
+    ("To", Some("t"), HeaderKind::To),
+    ("Call-ID", Some("i"), HeaderKind::CallId),
+    ("CSeq", None, HeaderKind::CSeq),
+    ("Content-Length", Some("l"), HeaderKind::ContentLength),
+    ("Contact", Some("m"), HeaderKind::Contact),
+    ("Content-Type", Some("c"), HeaderKind::ContentType),
+    ("Content-Encoding", Some("e"), HeaderKind::ContentEncoding),
+    ("Subject", Some("s"), HeaderKind::Subject),
+    ("Supported", Some("k"), HeaderKind::Supported),
+    ("Event", Some("o"), HeaderKind::Event),
+    ("Allow-Events", Some("u"), HeaderKind::AllowEvents),
+    ("Refer-To", Some("r"), HeaderKind::ReferTo),
+    ("Referred-By", Some("b"), HeaderKind::ReferredBy),
+    ("Session-Expires", Some("x"), HeaderKind::SessionExpires),
+    ("Accept-Contact", Some("a"), HeaderKind::AcceptContact),
+    ("Reject-Contact", Some("j"), HeaderKind::RejectContact),
+    (
+        "Request-Disposition",
+        Some("d"),
+        HeaderKind::RequestDisposition,
+    ),
+    ("Identity", Some("y"), HeaderKind::Identity),
+];
+
+impl HeaderKind {
+    /// The kind of a header name, full or compact, in any case.
+    pub fn of(name: &str) -> HeaderKind {
+        NAMES
+            .iter()
+            .find(|(full, compact, _)| {
+                full.eq_ignore_ascii_case(name)
+                    || compact.is_some_and(|c| c.eq_ignore_ascii_case(name))
+            })
+            .map_or(HeaderKind::Other, |(_, _, kind)| *kind)
+    }
+
+    /// The full name, as replies write it (`None` for [`HeaderKind::Other`]).
+    pub fn full_name(self) -> Option<&'static str> {
+        NAMES
+            .iter()
+            .find(|(_, _, kind)| *kind == self)
+            .map(|(full, _, _)| *full)
+    }
+}
+
+/// One header field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header<'a> {
+    /// The name as written (possibly compact).
+    pub name: &'a str,
+    /// The value, without the leading and trailing whitespace; may contain folds (CRLF + WSP).
+    pub value: &'a str,
+    /// What the name designates.
+    pub kind: HeaderKind,
+}
+
+/// A parsed message; everything borrows from the parsed buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    start: StartLine<'a>,
+    fields: &'a str,
+    body: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Message<'a> {
+    /// The start line.
+    pub fn start_line(&self) -> StartLine<'a> {
+        self.start
+    }
+
+    /// The method of a request, `None` for a response.
+    pub fn method(&self) -> Option<&'a str> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The header fields, in order.
+    pub fn headers(&self) -> Headers<'a> {
+        Headers { rest: self.fields }
+    }
+
+    /// The body (`Content-Length` bytes, or the rest of the datagram when it is absent).
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// Bytes of the buffer this message covers, leading CRLFs and body included (bytes of a
+    /// datagram past `Content-Length` are not counted).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a message has at least a start line (clippy wants `is_empty` next to `len`).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Iterator over the header fields of a [`Message`].
+#[derive(Debug, Clone)]
+pub struct Headers<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for Headers<'a> {
+    type Item = Header<'a>;
+    fn next(&mut self) -> Option<Header<'a>> {
+        // The section was validated by `parse`, so an error cannot happen here; stop if it does.
+        match next_field(self.rest) {
+            Some(Ok((header, rest))) => {
+                self.rest = rest;
+                Some(header)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Parse one datagram.
+pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
+    let head = locate_head(buf)?.ok_or(ParseError::Unterminated)?;
+    let (start, fields, content_length) = check_head(head.text)?;
+    let body = match content_length {
+        Some(n) => head.after.get(..n).ok_or(ParseError::ShortBody)?,
+        None => head.after,
+    };
+    Ok(Message {
+        start,
+        fields,
+        body,
+        len: head.len.saturating_add(body.len()),
+    })
+}
+
+/// Where the next message on a stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameStatus {
+    /// More bytes are needed.
+    Incomplete,
+    /// The first `n` bytes are one message (leading CRLFs included, see [`frame_len`]).
+    Complete(usize),
+    /// The stream cannot be framed (bad header section, missing or bad `Content-Length`, over
+    /// [`MAX_FRAME_LEN`]): the connection should be closed.
+    Invalid(ParseError),
+}
+
+/// Frame the next message of a stream: its header section up to the empty line, then
+/// `Content-Length` bytes of body (RFC 3261 §18.3; the header is mandatory on streams).
+///
+/// CR and LF before the start line are part of the frame (RFC 3261 §7.5 says to skip them), so a
+/// buffer holding only CRLFs is `Incomplete`; a transport that answers RFC 5626 keep-alives
+/// (`CRLFCRLF` ping, `CRLF` pong) takes them off first with [`leading_crlf_len`].
+pub fn frame_len(buf: &[u8]) -> FrameStatus {
+    let head = match locate_head(buf) {
+        Ok(Some(head)) => head,
+        Ok(None) | Err(ParseError::Empty) if buf.len() > MAX_FRAME_LEN => {
+            return FrameStatus::Invalid(ParseError::TooLarge)
+        }
+        Ok(None) | Err(ParseError::Empty) => return FrameStatus::Incomplete,
+        Err(e) => return FrameStatus::Invalid(e),
+    };
+    let content_length = match check_head(head.text) {
+        Ok((_, _, Some(n))) => n,
+        Ok((_, _, None)) => return FrameStatus::Invalid(ParseError::MissingContentLength),
+        Err(e) => return FrameStatus::Invalid(e),
+    };
+    match head.len.checked_add(content_length) {
+        Some(total) if total <= MAX_FRAME_LEN => {
+            if buf.len() >= total {
+                FrameStatus::Complete(total)
+            } else {
+                FrameStatus::Incomplete
+            }
+        }
+        _ => FrameStatus::Invalid(ParseError::TooLarge),
+    }
+}
+
+/// Number of CR and LF bytes at the start of `buf` (keep-alives, or the CRLFs RFC 3261 §7.5 skips).
+pub fn leading_crlf_len(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()
+}
+
+/// True for a datagram of CR and LF only: a keep-alive, not a message.
+pub fn is_keepalive(buf: &[u8]) -> bool {
+    !buf.is_empty() && leading_crlf_len(buf) == buf.len()
+}
+
+/// The header section of a buffer.
+struct Head<'a> {
+    /// From the start line to the end of the last header line (its line end included).
+    text: &'a str,
+    /// Bytes after the empty line.
+    after: &'a [u8],
+    /// Bytes of the buffer up to `after` (leading CRLFs, start line, headers, empty line).
+    len: usize,
+}
+
+/// Find the header section: `Ok(None)` when its empty line is not there (yet).
+fn locate_head(buf: &[u8]) -> Result<Option<Head<'_>>, ParseError> {
+    let skip = leading_crlf_len(buf);
+    let rest = buf.get(skip..).unwrap_or_default();
+    if rest.is_empty() {
+        return Err(ParseError::Empty);
+    }
+    let mut line_start = 0usize;
+    let mut found = None;
+    for (i, b) in rest.iter().enumerate() {
+        if *b != b'\n' {
+            continue;
+        }
+        let line = rest.get(line_start..i).unwrap_or_default();
+        if line.is_empty() || line == b"\r" {
+            found = Some((line_start, i + 1));
+            break;
+        }
+        line_start = i + 1;
+    }
+    let Some((head_end, after_start)) = found else {
+        return Ok(None);
+    };
+    let head = rest.get(..head_end).unwrap_or_default();
+    let after = rest.get(after_start..).unwrap_or_default();
+    let text = std::str::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
+    Ok(Some(Head {
+        text,
+        after,
+        len: skip + after_start,
+    }))
+}
+
+/// Validate a header section; returns the start line, the header lines and `Content-Length`.
+fn check_head(text: &str) -> Result<(StartLine<'_>, &str, Option<usize>), ParseError> {
+    check_controls(text)?;
+    let (first, fields) = text.split_once('\n').unwrap_or((text, ""));
+    let start = parse_start_line(first.strip_suffix('\r').unwrap_or(first))?;
+    let mut content_length: Option<usize> = None;
+    let mut rest = fields;
+    while let Some(field) = next_field(rest) {
+        let (header, after) = field?;
+        if header.kind == HeaderKind::ContentLength {
+            let n = parse_content_length(header.value)?;
+            if content_length.is_some_and(|m| m != n) {
+                return Err(ParseError::ConflictingContentLength);
+            }
+            content_length = Some(n);
+        }
+        rest = after;
+    }
+    Ok((start, fields, content_length))
+}
+
+/// No control character but HTAB, and CR only right before LF.
+fn check_controls(text: &str) -> Result<(), ParseError> {
+    let bytes = text.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        let ok = match b {
+            b'\t' | b'\n' => true,
+            b'\r' => bytes.get(i + 1) == Some(&b'\n'),
+            b => !b.is_ascii_control(),
+        };
+        if !ok {
+            return Err(ParseError::ControlChar);
+        }
+    }
+    Ok(())
+}
+
+fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
+    let is_version = |s: &str| s.eq_ignore_ascii_case("SIP/2.0");
+    let looks_like_version = line
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"));
+    if looks_like_version {
+        let (version, rest) = line.split_once(' ').ok_or(ParseError::BadStartLine)?;
+        if !is_version(version) {
+            return Err(ParseError::BadVersion);
+        }
+        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ParseError::BadStatusCode);
+        }
+        let code: u16 = code.parse().map_err(|_| ParseError::BadStatusCode)?;
+        if !(100..=699).contains(&code) {
+            return Err(ParseError::BadStatusCode);
+        }
+        return Ok(StartLine::Response { code, reason });
+    }
+    let mut parts = line.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(ParseError::BadStartLine);
+    };
+    if !is_token(method) || uri.is_empty() || uri.contains('\t') {
+        return Err(ParseError::BadStartLine);
+    }
+    if !is_version(version) {
+        return Err(ParseError::BadVersion);
+    }
+    Ok(StartLine::Request { method, uri })
+}
+
+/// RFC 3261 `token`.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+                )
+        })
+}
+
+pub(crate) fn is_lws(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// The next header field of `rest` (folded lines joined) and what follows it.
+fn next_field(rest: &str) -> Option<Result<(Header<'_>, &str), ParseError>> {
+    if rest.is_empty() {
+        return None;
+    }
+    if rest.starts_with([' ', '\t']) {
+        // A continuation line with no header before it.
+        return Some(Err(ParseError::BadHeader));
+    }
+    // The logical line ends at the first LF not followed by SP or HTAB.
+    let bytes = rest.as_bytes();
+    let mut end = rest.len();
+    let mut next = rest.len();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\n' && !matches!(bytes.get(i + 1), Some(b' ' | b'\t')) {
+            end = i;
+            next = i + 1;
+            break;
+        }
+    }
+    let line = rest.get(..end).unwrap_or_default();
+    let after = rest.get(next..).unwrap_or_default();
+    let Some((name, value)) = line.split_once(':') else {
+        return Some(Err(ParseError::BadHeader));
+    };
+    let name = name.trim_end_matches([' ', '\t']);
+    if !is_token(name) {
+        return Some(Err(ParseError::BadHeader));
+    }
+    let header = Header {
+        name,
+        value: value.trim_matches(is_lws),
+        kind: HeaderKind::of(name),
+    };
+    Some(Ok((header, after)))
+}
+
+fn parse_content_length(value: &str) -> Result<usize, ParseError> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::BadContentLength);
+    }
+    value.parse().map_err(|_| ParseError::BadContentLength)
+}
+
+/// Write `value` with each fold (CR/LF and the whitespace around it) replaced by one SP.
+pub fn put_unfolded(out: &mut Vec<u8>, value: &str) {
+    let mut rest = value;
+    while let Some(i) = rest.find(['\r', '\n']) {
+        let (before, after) = rest.split_at(i);
+        out.extend_from_slice(before.trim_end_matches([' ', '\t']).as_bytes());
+        out.push(b' ');
+        rest = after.trim_start_matches(is_lws);
+    }
+    out.extend_from_slice(rest.as_bytes());
+}
+
+/// Split at the first `sep` outside a quoted string (`"..."` with `\` escapes).
+fn split_unquoted(s: &str, sep: char) -> Option<(&str, &str)> {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+        } else if quoted && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && c == sep {
+            return Some((s.get(..i)?, s.get(i + c.len_utf8()..)?));
+        }
+    }
+    None
+}
+
+/// Split a header value at its first top-level comma (the first of several Via values, say);
+/// both parts are trimmed at the split.
+pub fn split_first_value(value: &str) -> (&str, Option<&str>) {
+    match split_unquoted(value, ',') {
+        Some((first, rest)) => (
+            first.trim_end_matches(is_lws),
+            Some(rest.trim_start_matches(is_lws)),
+        ),
+        None => (value, None),
+    }
+}
+
+/// The header parameters of a `name-addr` / `addr-spec` value (From, To, Contact): the text from
+/// the `;` that starts them (after `<...>` when the address is bracketed), or "".
+pub fn header_params(value: &str) -> &str {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => {
+                // URIs never hold an unescaped '>'; the parameters follow it.
+                let after = value.get(i..).unwrap_or_default();
+                return match after.find('>') {
+                    Some(j) => after.get(j + 1..).unwrap_or_default(),
+                    None => "",
+                };
+            }
+            ';' if !quoted => return value.get(i..).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    ""
+}
+
+/// The parameters of a Via value (`SIP/2.0/UDP host:port;branch=...`): the sent-by part and the
+/// text of the parameters (starting at `;`, or "").
+pub fn via_params(via: &str) -> (&str, &str) {
+    match via.find(';') {
+        Some(i) => (
+            via.get(..i).unwrap_or_default().trim_end_matches(is_lws),
+            via.get(i..).unwrap_or_default(),
+        ),
+        None => (via, ""),
+    }
+}
+
+/// One `;name[=value]` parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Param<'a> {
+    /// The whole parameter, trimmed, without its `;`.
+    pub raw: &'a str,
+    /// Its name.
+    pub name: &'a str,
+    /// Its value, if it has one (quotes kept).
+    pub value: Option<&'a str>,
+}
+
+/// Iterate the parameters of text returned by [`header_params`] or [`via_params`].
+pub fn params(text: &str) -> Params<'_> {
+    Params {
+        rest: text.trim_start_matches(is_lws).strip_prefix(';'),
+    }
+}
+
+/// Iterator over `;name[=value]` parameters.
+#[derive(Debug, Clone)]
+pub struct Params<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Params<'a> {
+    type Item = Param<'a>;
+    fn next(&mut self) -> Option<Param<'a>> {
+        loop {
+            let rest = self.rest?;
+            let (this, next) = match split_unquoted(rest, ';') {
+                Some((this, next)) => (this, Some(next)),
+                None => (rest, None),
+            };
+            self.rest = next;
+            let raw = this.trim_matches(is_lws);
+            if raw.is_empty() {
+                continue;
+            }
+            let (name, value) = match raw.split_once('=') {
+                Some((n, v)) => (n.trim_matches(is_lws), Some(v.trim_matches(is_lws))),
+                None => (raw, None),
+            };
+            return Some(Param { raw, name, value });
+        }
+    }
+}
+
+/// The parameter `name` (case-insensitive) of parameter text: `Some(None)` when it has no value.
+pub fn find_param<'a>(text: &'a str, name: &str) -> Option<Option<&'a str>> {
+    params(text)
+        .find(|p| p.name.eq_ignore_ascii_case(name))
+        .map(|p| p.value)
+}
+
+/// A CSeq value: sequence number (below 2^31, RFC 3261 §8.1.1.5) and method.
+pub fn parse_cseq(value: &str) -> Option<(u32, &str)> {
+    let digits = value.find(|c: char| !c.is_ascii_digit())?;
+    let (number, rest) = value.split_at(digits);
+    if number.is_empty() || !rest.starts_with(is_lws) {
+        return None;
+    }
+    let number: u32 = number.parse().ok().filter(|n| *n < 1 << 31)?;
+    let method = rest.trim_matches(is_lws);
+    is_token(method).then_some((number, method))
+}
+
+/// Write `n` as 16 lower-case hex digits (no allocation, unlike `format!`).
+pub fn put_hex64(out: &mut Vec<u8>, n: u64) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{n:016x}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTIONS: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\n\
+        From: <sip:x@y>;tag=1\r\n\
+        To: <sip:a@b>\r\n\
+        Call-ID: c1\r\n\
+        CSeq: 1 OPTIONS\r\n\
+        Content-Length: 0\r\n\r\n";
+
+    fn kinds(m: &Message<'_>) -> Vec<HeaderKind> {
+        m.headers().map(|h| h.kind).collect()
+    }
+
+    #[test]
+    fn request_with_headers() {
+        let m = parse(OPTIONS).unwrap();
+        assert_eq!(
+            m.start_line(),
+            StartLine::Request {
+                method: "OPTIONS",
+                uri: "sip:a@b"
+            }
+        );
+        assert_eq!(
+            kinds(&m),
+            [
+                HeaderKind::Via,
+                HeaderKind::From,
+                HeaderKind::To,
+                HeaderKind::CallId,
+                HeaderKind::CSeq,
+                HeaderKind::ContentLength
+            ]
+        );
+        assert_eq!(m.len(), OPTIONS.len());
+        assert!(m.body().is_empty());
+    }
+
+    #[test]
+    fn status_line() {
+        let m = parse(b"SIP/2.0 180 Ringing\r\nVia: x\r\n\r\n").unwrap();
+        assert_eq!(
+            m.start_line(),
+            StartLine::Response {
+                code: 180,
+                reason: "Ringing"
+            }
+        );
+        assert_eq!(m.method(), None);
+        let m = parse(b"sip/2.0 200\r\n\r\n").unwrap();
+        assert_eq!(
+            m.start_line(),
+            StartLine::Response {
+                code: 200,
+                reason: ""
+            }
+        );
+    }
+
+    #[test]
+    fn compact_forms() {
+        let m = parse(
+            b"MESSAGE sip:a SIP/2.0\r\nv: a\r\nf: b\r\nt: c\r\ni: d\r\nl: 2\r\nm: e\r\nc: text/plain\r\n\
+              k: f\r\ns: g\r\ne: gzip\r\no: h\r\nu: i\r\nr: j\r\nb: k\r\nx: 90\r\na: l\r\nj: m\r\n\
+              d: n\r\ny: o\r\nZ: other\r\n\r\nhi",
+        )
+        .unwrap();
+        assert_eq!(
+            kinds(&m),
+            [
+                HeaderKind::Via,
+                HeaderKind::From,
+                HeaderKind::To,
+                HeaderKind::CallId,
+                HeaderKind::ContentLength,
+                HeaderKind::Contact,
+                HeaderKind::ContentType,
+                HeaderKind::Supported,
+                HeaderKind::Subject,
+                HeaderKind::ContentEncoding,
+                HeaderKind::Event,
+                HeaderKind::AllowEvents,
+                HeaderKind::ReferTo,
+                HeaderKind::ReferredBy,
+                HeaderKind::SessionExpires,
+                HeaderKind::AcceptContact,
+                HeaderKind::RejectContact,
+                HeaderKind::RequestDisposition,
+                HeaderKind::Identity,
+                HeaderKind::Other
+            ]
+        );
+        assert_eq!(m.body(), b"hi");
+        assert_eq!(HeaderKind::of("call-id"), HeaderKind::CallId);
+        assert_eq!(HeaderKind::of("I"), HeaderKind::CallId);
+        assert_eq!(HeaderKind::CallId.full_name(), Some("Call-ID"));
+    }
+
+    #[test]
+    fn folded_lines_are_joined() {
+        let m =
+            parse(b"OPTIONS sip:a SIP/2.0\r\nSubject: one\r\n  two\r\n\tthree\r\nTo : x\r\n\r\n")
+                .unwrap();
+        let h: Vec<_> = m.headers().collect();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0].value, "one\r\n  two\r\n\tthree");
+        assert_eq!((h[1].name, h[1].value), ("To", "x"));
+        let mut out = Vec::new();
+        put_unfolded(&mut out, h[0].value);
+        assert_eq!(out, b"one two three");
+        // A fold before any header has nothing to continue.
+        assert_eq!(
+            parse(b"OPTIONS sip:a SIP/2.0\r\n  x: y\r\n\r\n").unwrap_err(),
+            ParseError::BadHeader
+        );
+    }
+
+    #[test]
+    fn bare_lf_and_leading_crlf() {
+        let buf = b"\r\n\r\nOPTIONS sip:a SIP/2.0\nTo: x\n\nbody";
+        let m = parse(buf).unwrap();
+        assert_eq!(m.headers().count(), 1);
+        assert_eq!(m.body(), b"body");
+        assert_eq!(m.len(), buf.len());
+    }
+
+    #[test]
+    fn content_length_bounds_the_body() {
+        let m = parse(b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\n\r\nabcdef").unwrap();
+        assert_eq!(m.body(), b"abc");
+        let both = b"OPTIONS sip:a SIP/2.0\r\nl: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(parse(both).unwrap().body(), b"abc");
+    }
+
+    #[test]
+    fn errors() {
+        let cases: &[(&[u8], ParseError)] = &[
+            (b"", ParseError::Empty),
+            (b"\r\n\r\n", ParseError::Empty),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nTo: x\r\n",
+                ParseError::Unterminated,
+            ),
+            (b"OPTIONS sip:a", ParseError::Unterminated),
+            (b"OPTIONS sip:a\r\n\r\n", ParseError::BadStartLine),
+            (b"OPTIONS  sip:a SIP/2.0\r\n\r\n", ParseError::BadStartLine),
+            (b"OPTIONS sip:a SIP/2.0 x\r\n\r\n", ParseError::BadStartLine),
+            (b"OPT(ONS sip:a SIP/2.0\r\n\r\n", ParseError::BadStartLine),
+            (b"OPTIONS sip:a SIP/3.0\r\n\r\n", ParseError::BadVersion),
+            (b"SIP/1.0 200 OK\r\n\r\n", ParseError::BadVersion),
+            (b"SIP/2.0 20 OK\r\n\r\n", ParseError::BadStatusCode),
+            (b"SIP/2.0 099 OK\r\n\r\n", ParseError::BadStatusCode),
+            (b"SIP/2.0 +99 OK\r\n\r\n", ParseError::BadStatusCode),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nnocolon\r\n\r\n",
+                ParseError::BadHeader,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\n: x\r\n\r\n",
+                ParseError::BadHeader,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nA B: x\r\n\r\n",
+                ParseError::BadHeader,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nTo: \0\r\n\r\n",
+                ParseError::ControlChar,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nTo: a\rb\r\n\r\n",
+                ParseError::ControlChar,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nTo: \xff\r\n\r\n",
+                ParseError::NotUtf8,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl: x\r\n\r\n",
+                ParseError::BadContentLength,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl: -1\r\n\r\n",
+                ParseError::BadContentLength,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl:\r\n\r\n",
+                ParseError::BadContentLength,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl: 99999999999999999999999\r\n\r\n",
+                ParseError::BadContentLength,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl: 5\r\n\r\nabc",
+                ParseError::ShortBody,
+            ),
+            (
+                b"OPTIONS sip:a SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\nab",
+                ParseError::ConflictingContentLength,
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                parse(input).unwrap_err(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn body_may_be_binary() {
+        let m = parse(b"MESSAGE sip:a SIP/2.0\r\nl: 3\r\n\r\n\0\xff\r").unwrap();
+        assert_eq!(m.body(), b"\0\xff\r");
+    }
+
+    #[test]
+    fn framing_on_streams() {
+        let one = b"OPTIONS sip:a SIP/2.0\r\nl: 2\r\n\r\nhi";
+        let mut two = one.to_vec();
+        two.extend_from_slice(b"\r\n");
+        two.extend_from_slice(one);
+        assert_eq!(frame_len(one), FrameStatus::Complete(one.len()));
+        assert_eq!(frame_len(&two), FrameStatus::Complete(one.len()));
+        let rest = &two[one.len()..];
+        assert_eq!(frame_len(rest), FrameStatus::Complete(rest.len()));
+        for cut in 0..one.len() {
+            assert_eq!(frame_len(&one[..cut]), FrameStatus::Incomplete, "cut {cut}");
+        }
+        assert_eq!(frame_len(b"\r\n\r\n"), FrameStatus::Incomplete);
+        assert_eq!(leading_crlf_len(b"\r\n\r\nOPT"), 4);
+        assert_eq!(
+            frame_len(b"OPTIONS sip:a SIP/2.0\r\nTo: x\r\n\r\n"),
+            FrameStatus::Invalid(ParseError::MissingContentLength)
+        );
+        assert_eq!(
+            frame_len(b"OPTIONS sip:a SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\n"),
+            FrameStatus::Invalid(ParseError::ConflictingContentLength)
+        );
+        assert_eq!(
+            frame_len(b"OPTIONS sip:a SIP/2.0\r\nl: 65536\r\n\r\n"),
+            FrameStatus::Invalid(ParseError::TooLarge)
+        );
+        assert_eq!(
+            frame_len(b"OPTIONS sip:a SIP/2.0\r\nl: 18446744073709551615\r\n\r\n"),
+            FrameStatus::Invalid(ParseError::TooLarge)
+        );
+        assert_eq!(
+            frame_len(b"garbage\r\n\r\n"),
+            FrameStatus::Invalid(ParseError::BadStartLine)
+        );
+        let endless = vec![b'a'; MAX_FRAME_LEN + 1];
+        assert_eq!(
+            frame_len(&endless),
+            FrameStatus::Invalid(ParseError::TooLarge)
+        );
+        assert_eq!(
+            frame_len(&endless[..MAX_FRAME_LEN]),
+            FrameStatus::Incomplete
+        );
+        let crlfs = vec![b'\n'; MAX_FRAME_LEN + 1];
+        assert_eq!(
+            frame_len(&crlfs),
+            FrameStatus::Invalid(ParseError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn parameters() {
+        assert_eq!(
+            header_params("\"A;b <c>\" <sip:x;lr>;tag=1 ; foo"),
+            ";tag=1 ; foo"
+        );
+        assert_eq!(header_params("sip:x@y;tag=2"), ";tag=2");
+        assert_eq!(header_params("<sip:x;tag=no>"), "");
+        assert_eq!(header_params("<sip:x"), "");
+        assert_eq!(find_param(";tag=1 ; foo", "TAG"), Some(Some("1")));
+        assert_eq!(find_param(";tag=1 ; foo", "foo"), Some(None));
+        assert_eq!(find_param(";tag=1", "bar"), None);
+        assert_eq!(find_param("; a = \"x;y\" ;b", "b"), Some(None));
+        assert_eq!(find_param("; a = \"x;y\" ;b", "a"), Some(Some("\"x;y\"")));
+        let (sent_by, p) = via_params("SIP/2.0/UDP [::1]:5060 ;rport;branch=z");
+        assert_eq!(sent_by, "SIP/2.0/UDP [::1]:5060");
+        let names: Vec<_> = params(p).map(|p| (p.name, p.value)).collect();
+        assert_eq!(names, [("rport", None), ("branch", Some("z"))]);
+        assert_eq!(
+            split_first_value("SIP/2.0/UDP a;x=\"1,2\" , SIP/2.0/UDP b"),
+            ("SIP/2.0/UDP a;x=\"1,2\"", Some("SIP/2.0/UDP b"))
+        );
+    }
+
+    #[test]
+    fn cseq() {
+        assert_eq!(parse_cseq("1 OPTIONS"), Some((1, "OPTIONS")));
+        assert_eq!(parse_cseq("42\r\n INVITE"), Some((42, "INVITE")));
+        assert_eq!(parse_cseq("2147483648 INVITE"), None);
+        assert_eq!(parse_cseq("99999999999999999999 INVITE"), None);
+        assert_eq!(parse_cseq("1OPTIONS"), None);
+        assert_eq!(parse_cseq("1 OPTIONS x"), None);
+        assert_eq!(parse_cseq("OPTIONS"), None);
+        assert_eq!(parse_cseq("1"), None);
+        assert_eq!(parse_cseq(""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_and_frame_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            let _ = parse(&bytes);
+            let _ = frame_len(&bytes);
+        }
+
+        #[test]
+        fn complete_frames_parse(body in proptest::collection::vec(proptest::num::u8::ANY, 0..100),
+                                 extra in proptest::collection::vec(proptest::num::u8::ANY, 0..50)) {
+            let mut buf = format!("MESSAGE sip:a SIP/2.0\r\nl: {}\r\n\r\n", body.len()).into_bytes();
+            buf.extend_from_slice(&body);
+            let len = buf.len();
+            buf.extend_from_slice(&extra);
+            proptest::prop_assert_eq!(frame_len(&buf), FrameStatus::Complete(len));
+            let m = parse(&buf).unwrap();
+            proptest::prop_assert_eq!(m.body(), &body[..]);
+            proptest::prop_assert_eq!(m.len(), len);
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The UDP worker's serving loop.
+//!
+//! One epoll instance per worker watches the control socket and every UDP socket of the set. The
+//! UDP fds are shared by the whole pool (the supervisor binds each once and passes a copy to every
+//! worker) and each worker registers its copy with `EPOLLEXCLUSIVE`, level-triggered: a datagram
+//! wakes one worker that sits in `epoll_wait`, and a worker that is busy or stopped is not there,
+//! so it neither takes the wakeup nor holds the datagram up. Whatever a woken worker leaves in
+//! the socket (its per-wakeup budget spent) keeps the socket ready for the next idle one.
+//!
+//! On a ready socket: `recvmmsg` a batch without blocking, answer each datagram with
+//! [`Responder`], `sendmmsg` the replies from the same socket, add the batch to the counters in
+//! the shared table, and go on until the socket is drained or the budget is spent.
+//!
+//! Counters (in the worker's shm record, added once per batch):
+//! - `received`: datagrams this worker took off a socket;
+//! - `replied`: replies the kernel accepted;
+//! - `dropped`: received datagrams that got no reply sent, whatever the reason: malformed
+//!   (including truncated, over 65535 bytes), ignored on purpose (ACK, responses, CRLF
+//!   keep-alives), or a reply the kernel refused. So `received == replied + dropped` always;
+//! - `wakeups`: `epoll_wait` returns with at least one event (control or datagram), so that
+//!   wakeups per datagram across the pool can be measured;
+//! - each slot's `received`: datagrams taken off that slot's socket, by any worker.
+//!
+//! The worker never binds, never writes a slot and never trusts a control message beyond what it
+//! checks: an `Add` entry whose fd is not the announced socket is refused and its fd closed.
+
+use crate::channel::{fds_carried, message_name, Channel, ChannelError};
+use crate::handler::{Outcome, Responder};
+use crate::ipc::{FromWorker, SocketInfo, ToWorker};
+use crate::sys::{self, Datagram, Poller, RecvBatch, SendBatch};
+use shm::{Attached, Proto, WorkerKind};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+
+/// Exit status after a control message the worker does not understand (the supervisor starts
+/// a new worker and gives it the whole current state).
+pub const EXIT_BAD_CONTROL: u8 = 3;
+
+/// Datagrams taken per `recvmmsg`.
+pub const BATCH: usize = 32;
+
+/// Batches taken from one socket per wakeup before moving on to the other ready sockets.
+pub const BATCHES_PER_WAKEUP: usize = 8;
+
+/// The epoll token of the control socket; a UDP socket's token is its slot index.
+const CONTROL_TOKEN: u64 = u64::MAX;
+
+/// Why a worker stopped other than by `Shutdown` or the supervisor closing the channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The control socket failed.
+    #[error("control socket: {0}")]
+    Control(#[source] io::Error),
+    /// The shared table could not be attached.
+    #[error("shared memory: {0}")]
+    Shm(#[from] shm::ShmError),
+    /// The shared table has no record for this worker.
+    #[error("the shared table has no record for {kind} worker {rank}")]
+    NoRecord {
+        /// The worker's pool.
+        kind: WorkerKind,
+        /// The worker's rank.
+        rank: u32,
+    },
+    /// This kind of worker is not served by this loop.
+    #[error("{0} workers are not implemented")]
+    Unsupported(WorkerKind),
+    /// epoll failed.
+    #[error("epoll: {0}")]
+    Poll(#[source] io::Error),
+}
+
+/// Run a worker on `control` until `Shutdown` (0), the supervisor closing its end (0), or a
+/// control message it cannot take ([`EXIT_BAD_CONTROL`]).
+///
+/// Sends `Hello`, waits for `Setup` (which brings the shm file), then serves. In the `worker`
+/// process this is called by [`crate::run`]; tests call it on a thread with one end of
+/// [`Channel::pair`].
+pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeError> {
+    if kind != WorkerKind::Udp {
+        return Err(ServeError::Unsupported(kind));
+    }
+    let hello = FromWorker::Hello {
+        rank,
+        pid: std::process::id(),
+    };
+    match control.send_from_worker(&hello) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
+        Err(e) => return Err(ServeError::Control(e)),
+    }
+    let mut buf = Vec::new();
+    let (responder, shm_fd) = match control.recv_to_worker(&mut buf) {
+        Ok(None) => return Ok(0),
+        Ok(Some((
+            ToWorker::Setup {
+                reply_code,
+                reply_reason,
+            },
+            mut fds,
+        ))) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), fds.pop()),
+        Ok(Some((msg, fds))) => {
+            log::error!(
+                "udp worker {rank}: expected setup with one fd, got {} with {}",
+                message_name(&msg),
+                fds.len()
+            );
+            return Ok(EXIT_BAD_CONTROL);
+        }
+        Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
+        Err(e) => {
+            log::error!("udp worker {rank}: {e}");
+            return Ok(EXIT_BAD_CONTROL);
+        }
+    };
+    let Some(shm_fd) = shm_fd else {
+        return Ok(EXIT_BAD_CONTROL);
+    };
+    let shm = Attached::from_file(File::from(shm_fd))?;
+    if shm.worker(kind, rank).is_none() {
+        return Err(ServeError::NoRecord { kind, rank });
+    }
+    let poller = Poller::new().map_err(ServeError::Poll)?;
+    poller
+        .add(control.as_fd(), CONTROL_TOKEN)
+        .map_err(ServeError::Poll)?;
+    let mut worker = Worker {
+        kind,
+        rank,
+        control,
+        poller,
+        responder,
+        shm,
+        sockets: HashMap::new(),
+        control_buf: buf,
+        recv: RecvBatch::new(BATCH),
+        send: SendBatch::new(),
+        replies: vec![Vec::new(); BATCH],
+        dests: Vec::with_capacity(BATCH),
+    };
+    log::debug!("udp worker {rank}: set up");
+    worker.run()
+}
+
+/// One socket being served.
+#[derive(Debug)]
+struct Served {
+    socket: UdpSocket,
+    info: SocketInfo,
+}
+
+/// What to do after a control message.
+enum Flow {
+    Continue,
+    Exit(u8),
+}
+
+struct Worker {
+    kind: WorkerKind,
+    rank: u32,
+    control: Channel,
+    poller: Poller,
+    responder: Responder,
+    shm: Attached,
+    sockets: HashMap<u32, Served>,
+    control_buf: Vec<u8>,
+    recv: RecvBatch,
+    send: SendBatch,
+    /// One reply buffer per datagram of a batch, reused (they keep their capacity).
+    replies: Vec<Vec<u8>>,
+    /// Where each reply of the batch goes.
+    dests: Vec<SocketAddr>,
+}
+
+impl Worker {
+    fn run(&mut self) -> Result<u8, ServeError> {
+        let mut events = vec![sys::empty_event(); 64];
+        loop {
+            let n = self
+                .poller
+                .wait(&mut events, None)
+                .map_err(ServeError::Poll)?;
+            if n == 0 {
+                // Interrupted (e.g. stopped and continued): not a wakeup by traffic.
+                continue;
+            }
+            if let Some(record) = self.shm.worker(self.kind, self.rank) {
+                record.add_wakeups(1);
+            }
+            for event in events.iter().take(n) {
+                match sys::event_token(event) {
+                    CONTROL_TOKEN => match self.control_message()? {
+                        Flow::Continue => {}
+                        Flow::Exit(code) => return Ok(code),
+                    },
+                    token => {
+                        // A slot removed by a control message earlier in this batch of events
+                        // is simply not found.
+                        if let Ok(slot) = u32::try_from(token) {
+                            self.serve_socket(slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handle one control message (the socket is readable: this does not block).
+    fn control_message(&mut self) -> Result<Flow, ServeError> {
+        let rank = self.rank;
+        let (msg, fds) = match self.control.recv_to_worker(&mut self.control_buf) {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                log::debug!("udp worker {rank}: supervisor closed the control socket");
+                return Ok(Flow::Exit(0));
+            }
+            Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                log::error!("udp worker {rank}: bad control message: {e}");
+                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            }
+            Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Ok(Flow::Exit(0));
+            }
+            Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
+            Err(e) => {
+                log::error!("udp worker {rank}: {e}");
+                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            }
+        };
+        let extra_fds = match &msg {
+            // An Add with the wrong count is answered entry by entry (below).
+            ToWorker::Add { .. } => false,
+            other => fds.len() != fds_carried(other),
+        };
+        if extra_fds {
+            log::error!(
+                "udp worker {rank}: a {} message carried {} fds",
+                message_name(&msg),
+                fds.len()
+            );
+            return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+        }
+        let reply = match msg {
+            ToWorker::Setup { .. } => {
+                log::error!("udp worker {rank}: setup received twice");
+                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            }
+            ToWorker::Add {
+                generation,
+                sockets,
+            } => {
+                for (slot, reason) in self.add(sockets, fds) {
+                    log::warn!("udp worker {rank}: refused slot {slot}: {reason}");
+                    let refused = FromWorker::Refused {
+                        generation,
+                        slot,
+                        reason,
+                    };
+                    if let Some(flow) = self.tell(&refused)? {
+                        return Ok(flow);
+                    }
+                }
+                None
+            }
+            ToWorker::Update { sockets, .. } => {
+                for info in sockets {
+                    self.update(info);
+                }
+                None
+            }
+            ToWorker::Remove { slots, .. } => {
+                for slot in slots {
+                    self.remove(slot);
+                }
+                None
+            }
+            ToWorker::Commit { generation } => Some(FromWorker::Ack {
+                generation,
+                serving: u32::try_from(self.sockets.len()).unwrap_or(u32::MAX),
+            }),
+            ToWorker::Shutdown => {
+                log::debug!("udp worker {rank}: shutdown");
+                return Ok(Flow::Exit(0));
+            }
+        };
+        if let Some(reply) = reply {
+            if let Some(flow) = self.tell(&reply)? {
+                return Ok(flow);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Send to the supervisor; `Some(Exit(0))` when it is gone.
+    fn tell(&self, msg: &FromWorker) -> Result<Option<Flow>, ServeError> {
+        match self.control.send_from_worker(msg) {
+            Ok(()) => Ok(None),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Ok(Some(Flow::Exit(0)))
+            }
+            Err(e) => Err(ServeError::Control(e)),
+        }
+    }
+
+    /// Start serving the entries of an `Add`; returns the refused ones with the reason (their
+    /// fds are closed).
+    fn add(&mut self, sockets: Vec<SocketInfo>, fds: Vec<OwnedFd>) -> Vec<(u32, String)> {
+        if fds.len() != sockets.len() {
+            let reason = format!(
+                "the message carried {} fds for {} sockets",
+                fds.len(),
+                sockets.len()
+            );
+            return sockets.iter().map(|s| (s.slot, reason.clone())).collect();
+        }
+        let mut refused = Vec::new();
+        for (info, fd) in sockets.into_iter().zip(fds) {
+            let slot = info.slot;
+            match self.adopt(info, fd) {
+                Ok(()) => {}
+                Err(reason) => refused.push((slot, reason)),
+            }
+        }
+        refused
+    }
+
+    /// Check that `fd` is the socket `info` announces and watch it.
+    fn adopt(&mut self, info: SocketInfo, fd: OwnedFd) -> Result<(), String> {
+        if info.proto != Proto::Udp {
+            return Err(format!(
+                "a udp worker does not serve {} sockets",
+                info.proto
+            ));
+        }
+        if self.sockets.contains_key(&info.slot) {
+            return Err("the slot is already served".into());
+        }
+        match sys::socket_type(fd.as_fd()) {
+            Ok(nix::sys::socket::SockType::Datagram) => {}
+            Ok(other) => return Err(format!("not a datagram socket ({other:?})")),
+            Err(e) => return Err(format!("not a socket: {e}")),
+        }
+        let socket = UdpSocket::from(fd);
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("getsockname: {e}"))?;
+        if local.ip() != info.local.ip() || local.port() != info.local.port() {
+            return Err(format!("bound to {local}, not {}", info.local));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("O_NONBLOCK: {e}"))?;
+        self.poller
+            .add_exclusive(socket.as_fd(), u64::from(info.slot))
+            .map_err(|e| format!("epoll: {e}"))?;
+        log::debug!(
+            "udp worker {}: serving slot {} on {local}",
+            self.rank,
+            info.slot
+        );
+        self.sockets.insert(info.slot, Served { socket, info });
+        Ok(())
+    }
+
+    /// New advertised address or tag of a served slot; the socket is untouched.
+    fn update(&mut self, info: SocketInfo) {
+        match self.sockets.get_mut(&info.slot) {
+            Some(served) => {
+                if served.info.local != info.local {
+                    log::warn!(
+                        "udp worker {}: update of slot {} names {}, the socket is {}",
+                        self.rank,
+                        info.slot,
+                        info.local,
+                        served.info.local
+                    );
+                }
+                served.info.contact = info.contact;
+                served.info.tag = info.tag;
+            }
+            // Refused at its Add: nothing to update.
+            None => log::debug!(
+                "udp worker {}: update of unserved slot {}",
+                self.rank,
+                info.slot
+            ),
+        }
+    }
+
+    /// Stop watching a slot and close this worker's copy of its fd.
+    fn remove(&mut self, slot: u32) {
+        if let Some(served) = self.sockets.remove(&slot) {
+            if let Err(e) = self.poller.delete(served.socket.as_fd()) {
+                log::warn!("udp worker {}: epoll delete of slot {slot}: {e}", self.rank);
+            }
+        }
+    }
+
+    /// Answer what is waiting on a slot's socket, within the per-wakeup budget.
+    fn serve_socket(&mut self, slot: u32) {
+        let Worker {
+            kind,
+            rank,
+            responder,
+            shm,
+            sockets,
+            recv,
+            send,
+            replies,
+            dests,
+            ..
+        } = self;
+        let Some(served) = sockets.get(&slot) else {
+            return;
+        };
+        let fd = served.socket.as_fd();
+        for _ in 0..BATCHES_PER_WAKEUP {
+            let n = match recv.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::debug!("udp worker {rank}: recvmmsg on slot {slot}: {e}");
+                    break;
+                }
+            };
+            dests.clear();
+            for i in 0..n {
+                let Some(datagram) = recv.get(i) else {
+                    continue;
+                };
+                let Some(out) = replies.get_mut(dests.len()) else {
+                    continue;
+                };
+                if let Some(to) = answer(responder, &datagram, &served.info.contact, out) {
+                    dests.push(to);
+                }
+            }
+            let sent = send_all(send, fd, replies, dests, *rank, slot);
+            let received = n as u64;
+            if let Some(record) = shm.worker(*kind, *rank) {
+                record.add_received(received);
+                record.add_replied(sent);
+                record.add_dropped(received - sent);
+            }
+            shm.add_slot_received(slot, received);
+            if n < recv.capacity() {
+                // Drained.
+                break;
+            }
+        }
+    }
+}
+
+/// The reply to one datagram goes in `out`; returns where to send it, or `None` (dropped).
+fn answer(
+    responder: &Responder,
+    datagram: &Datagram<'_>,
+    contact: &str,
+    out: &mut Vec<u8>,
+) -> Option<SocketAddr> {
+    let source = datagram.source?;
+    if datagram.truncated {
+        return None;
+    }
+    match responder.respond(datagram.payload, Proto::Udp, source, contact, out) {
+        Outcome::Replied => Some(source),
+        Outcome::Ignored | Outcome::Malformed => None,
+    }
+}
+
+/// Send `replies[..dests.len()]`; returns how many the kernel took. A reply the kernel refuses
+/// is skipped (UDP: the client retransmits); a full send buffer drops the rest of the batch.
+fn send_all(
+    send: &mut SendBatch,
+    fd: std::os::fd::BorrowedFd<'_>,
+    replies: &[Vec<u8>],
+    dests: &[SocketAddr],
+    rank: u32,
+    slot: u32,
+) -> u64 {
+    let mut sent = 0u64;
+    let mut next = 0usize;
+    while next < dests.len() {
+        let (Some(payloads), Some(to)) = (replies.get(next..dests.len()), dests.get(next..)) else {
+            break;
+        };
+        match send.send(fd, payloads, to) {
+            Ok(k) => {
+                sent += k as u64;
+                next += k.max(1);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                log::debug!("udp worker {rank}: send buffer of slot {slot} full; replies dropped");
+                break;
+            }
+            Err(e) => {
+                log::debug!(
+                    "udp worker {rank}: reply from slot {slot} to {:?}: {e}",
+                    to.first()
+                );
+                next += 1;
+            }
+        }
+    }
+    sent
+}
