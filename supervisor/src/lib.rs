@@ -8,5 +8,6 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod mi;
 pub mod row;

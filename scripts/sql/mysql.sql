@@ -1,0 +1,21 @@
+-- sipsockd: the sockets table for MySQL / MariaDB (what `sipsockd db init` creates with the default
+-- names). OpenSIPS-compatible: the `sockets` table of the sockets_mgm module at schema version 1.
+-- Usage: mysql opensips < scripts/sql/mysql.sql   (safe to run again)
+
+CREATE TABLE IF NOT EXISTS `version` (
+    `table_name` CHAR(32) NOT NULL,
+    `table_version` INT UNSIGNED DEFAULT 0 NOT NULL,
+    CONSTRAINT t_name_idx UNIQUE (`table_name`)
+) ENGINE=InnoDB;
+
+CREATE TABLE IF NOT EXISTS `sockets` (
+    `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    `socket` CHAR(128) NOT NULL,
+    `advertised` CHAR(128) DEFAULT NULL,
+    `tag` CHAR(128) DEFAULT NULL,
+    `flags` CHAR(128) DEFAULT NULL,
+    `tos` CHAR(32) DEFAULT NULL
+) ENGINE=InnoDB;
+
+INSERT INTO `version` (`table_name`, `table_version`)
+    SELECT 'sockets', 1 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM `version` WHERE `table_name` = 'sockets');

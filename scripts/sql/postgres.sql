@@ -1,0 +1,21 @@
+-- sipsockd: the sockets table for PostgreSQL (what `sipsockd db init` creates with the default names).
+-- OpenSIPS-compatible: the `sockets` table of the sockets_mgm module at schema version 1.
+-- Usage: psql -d opensips -f scripts/sql/postgres.sql   (safe to run again)
+
+CREATE TABLE IF NOT EXISTS version (
+    table_name VARCHAR(32) NOT NULL,
+    table_version INTEGER DEFAULT 0 NOT NULL,
+    CONSTRAINT version_t_name_idx UNIQUE (table_name)
+);
+
+CREATE TABLE IF NOT EXISTS sockets (
+    id SERIAL PRIMARY KEY NOT NULL,
+    socket CHAR(128) NOT NULL,
+    advertised CHAR(128) DEFAULT NULL,
+    tag CHAR(128) DEFAULT NULL,
+    flags CHAR(128) DEFAULT NULL,
+    tos CHAR(32) DEFAULT NULL
+);
+
+INSERT INTO version (table_name, table_version)
+    SELECT 'sockets', 1 WHERE NOT EXISTS (SELECT 1 FROM version WHERE table_name = 'sockets');

@@ -1,0 +1,645 @@
+//! Reading and provisioning the sockets table on SQLite, PostgreSQL and MySQL/MariaDB.
+//!
+//! Only the supervisor (and the provisioning commands) ever talk to the database. This module owns
+//! the SQL: the schema (`db init`), the one `SELECT` a load makes, and the few writes of `db add` /
+//! `db rm`. It hands out [`RawRow`]s with the database rule already applied (trailing blanks
+//! stripped, empty = NULL) and never interprets them: that is [`crate::row`]'s job.
+//!
+//! A load is: one cheap look at the catalog (does the table exist, which columns, is there an `id`),
+//! the `version` table rule, then ONE query for the rows, so a load sees one consistent table.
+//! Errors say which step failed; no error or log line ever shows the password of `db_url`.
+//!
+//! Table and column names come from the configuration, where they were checked to be plain SQL
+//! identifiers, so they are spliced into the SQL text; values always travel as parameters.
+
+mod mysql_backend;
+mod pg_backend;
+mod sqlite_backend;
+
+use crate::config::{redact_url, url_password, SocketsMgm};
+use crate::row::{clean, parse_tos, RawRow};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long a connection attempt may take before it is reported as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema version of the sockets table in OpenSIPS' `version` table; the only one read.
+pub const TABLE_VERSION: i64 = 1;
+
+/// A database failure. Every URL in it is redacted and driver messages are scrubbed of the password.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// `db_url` cannot be used.
+    #[error("invalid db_url {url}: {reason}")]
+    Url {
+        /// The redacted URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database could not be reached or opened.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The redacted URL.
+        url: String,
+        /// The driver's reason.
+        reason: String,
+    },
+    /// The sockets table does not exist.
+    #[error("table {table} does not exist in {url} (create it with `sipsockd db init`)")]
+    TableMissing {
+        /// The table name.
+        table: String,
+        /// The redacted URL.
+        url: String,
+    },
+    /// A configured column is not in the table.
+    #[error("table {table} in {url} has no column {column} (named by [sockets_mgm] {key})")]
+    ColumnMissing {
+        /// The table name.
+        table: String,
+        /// The missing column.
+        column: String,
+        /// The configuration key that names it.
+        key: String,
+        /// The redacted URL.
+        url: String,
+    },
+    /// The `version` table gives another schema version for the table.
+    #[error(
+        "table {table} is at version {found} in the version table of {url}; sipsockd reads \
+         version {TABLE_VERSION} (the OpenSIPS sockets schema)"
+    )]
+    VersionMismatch {
+        /// The table name.
+        table: String,
+        /// The version found.
+        found: String,
+        /// The redacted URL.
+        url: String,
+    },
+    /// A statement failed.
+    #[error("{what} in {url} failed: {reason}")]
+    Query {
+        /// What was being done (`reading table sockets`, ...).
+        what: String,
+        /// The redacted URL.
+        url: String,
+        /// The driver's reason.
+        reason: String,
+    },
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// SQLite (embedded).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
+}
+
+/// Where a `db_url` points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// `sqlite://rel` (relative to the working directory) or `sqlite:///abs`.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL as the driver takes it (scheme lower-cased).
+    Postgres(String),
+    /// A MySQL URL as the driver takes it (scheme lower-cased).
+    Mysql(String),
+}
+
+fn parse_url(url: &str) -> Result<Target, DbError> {
+    let bad = |reason: &str| DbError::Url {
+        url: redact_url(url),
+        reason: reason.to_string(),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("expected sqlite://PATH, mysql://... or postgres://..."))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "sqlite" => {
+            if rest.is_empty() || rest == "/" {
+                return Err(bad("a sqlite URL needs a file path"));
+            }
+            Ok(Target::Sqlite(PathBuf::from(rest)))
+        }
+        "postgres" | "postgresql" => Ok(Target::Postgres(format!("postgresql://{rest}"))),
+        "mysql" => Ok(Target::Mysql(format!("mysql://{rest}"))),
+        _ => Err(bad(
+            "unsupported database (sqlite, mysql, postgres or postgresql)",
+        )),
+    }
+}
+
+/// A statement parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Param {
+    /// Text, or NULL.
+    Text(Option<String>),
+    /// An integer.
+    Int(i64),
+}
+
+/// A result row: each value as text (integers in decimal), `None` for NULL.
+pub(crate) type Cells = Vec<Option<String>>;
+
+/// A column of a table as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Column {
+    /// Its name.
+    pub name: String,
+    /// True for an integer type (a `tos` stored as a number).
+    pub integer: bool,
+}
+
+/// What each driver provides; the SQL text is built by [`Database`] for the driver's dialect.
+trait Backend {
+    /// The table's columns in order, or `None` when there is no such table.
+    fn columns(&mut self, table: &str) -> Result<Option<Vec<Column>>, String>;
+    /// Run a query and return every row.
+    fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Cells>, String>;
+    /// Run a statement and return the number of rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, String>;
+    /// Run an `INSERT` and return the new row's `id` when `id_column` says the table has one.
+    fn insert(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        id_column: bool,
+    ) -> Result<Option<i64>, String>;
+    /// Run several DDL statements, in order.
+    fn batch(&mut self, statements: &[String]) -> Result<(), String>;
+}
+
+/// What `db init` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitReport {
+    /// The sockets table was created (false: it was already there).
+    pub created_table: bool,
+    /// The table's row in `version` was added (false: it was already there).
+    pub created_version_row: bool,
+}
+
+/// What the catalog says about the sockets table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    /// The table has an `id` column (read with the rows, used by `db rm --id` and in errors).
+    pub has_id: bool,
+    /// The tos column has an integer type.
+    pub tos_is_integer: bool,
+}
+
+/// An open connection to the database of `[sockets_mgm] db_url`, with the configured names.
+pub struct Database {
+    backend: Box<dyn Backend>,
+    kind: Kind,
+    names: SocketsMgm,
+    url: String,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Connect. A SQLite file must already exist (see [`Database::create`] and
+    /// [`ensure_sqlite_default`]), so a mistyped path is an error rather than a new empty table.
+    pub fn connect(cfg: &SocketsMgm) -> Result<Database, DbError> {
+        Self::open(cfg, false)
+    }
+
+    /// Connect, creating the SQLite file when it does not exist (what `db init` needs).
+    pub fn create(cfg: &SocketsMgm) -> Result<Database, DbError> {
+        Self::open(cfg, true)
+    }
+
+    fn open(cfg: &SocketsMgm, create: bool) -> Result<Database, DbError> {
+        let url = cfg.db_url_redacted();
+        let password = url_password(&cfg.db_url);
+        let scrub = |msg: String| scrub(msg, password.as_deref());
+        let connect_error = |reason: String| DbError::Connect {
+            url: url.clone(),
+            reason: scrub(reason),
+        };
+        let (kind, backend): (Kind, Box<dyn Backend>) = match parse_url(&cfg.db_url)? {
+            Target::Sqlite(path) => (
+                Kind::Sqlite,
+                Box::new(sqlite_backend::Sqlite::open(&path, create).map_err(connect_error)?),
+            ),
+            Target::Postgres(u) => (
+                Kind::Postgres,
+                Box::new(
+                    pg_backend::Postgres::connect(&u, CONNECT_TIMEOUT).map_err(connect_error)?,
+                ),
+            ),
+            Target::Mysql(u) => (
+                Kind::Mysql,
+                Box::new(
+                    mysql_backend::Mysql::connect(&u, CONNECT_TIMEOUT).map_err(connect_error)?,
+                ),
+            ),
+        };
+        Ok(Database {
+            backend,
+            kind,
+            names: cfg.clone(),
+            url,
+            password,
+        })
+    }
+
+    /// Which database this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The URL with its password hidden: the form to print.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn query_error(&self, what: &str, reason: String) -> DbError {
+        DbError::Query {
+            what: what.to_string(),
+            url: self.url.clone(),
+            reason: scrub(reason, self.password.as_deref()),
+        }
+    }
+
+    /// An identifier as spliced into SQL. Names were checked to be plain identifiers at load;
+    /// MySQL and SQLite get them quoted so a reserved word still works. PostgreSQL gets them bare,
+    /// so they fold to lower case as they did when the table was created without quotes.
+    fn ident(&self, name: &str) -> String {
+        match self.kind {
+            Kind::Sqlite => format!("\"{name}\""),
+            Kind::Mysql => format!("`{name}`"),
+            Kind::Postgres => name.to_string(),
+        }
+    }
+
+    fn placeholder(&self, n: usize) -> String {
+        match self.kind {
+            Kind::Postgres => format!("${n}"),
+            Kind::Sqlite => format!("?{n}"),
+            Kind::Mysql => "?".to_string(),
+        }
+    }
+
+    /// The configured columns with the configuration key naming each, in SELECT order.
+    fn columns(&self) -> [(&'static str, &str); 5] {
+        let n = &self.names;
+        [
+            ("socket_column", n.socket_column.as_str()),
+            ("advertised_column", n.advertised_column.as_str()),
+            ("tag_column", n.tag_column.as_str()),
+            ("flags_column", n.flags_column.as_str()),
+            ("tos_column", n.tos_column.as_str()),
+        ]
+    }
+
+    /// Check the table exists with every configured column and the `version` rule; say whether
+    /// it has an `id`.
+    pub fn table_info(&mut self) -> Result<TableInfo, DbError> {
+        let table = self.names.table_name.clone();
+        let found = self
+            .backend
+            .columns(&table)
+            .map_err(|e| self.query_error(&format!("reading the columns of table {table}"), e))?
+            .ok_or_else(|| DbError::TableMissing {
+                table: table.clone(),
+                url: self.url.clone(),
+            })?;
+        let find = |name: &str| found.iter().find(|c| c.name.eq_ignore_ascii_case(name));
+        for (key, column) in self.columns() {
+            if find(column).is_none() {
+                return Err(DbError::ColumnMissing {
+                    table: table.clone(),
+                    column: column.to_string(),
+                    key: key.to_string(),
+                    url: self.url.clone(),
+                });
+            }
+        }
+        let info = TableInfo {
+            has_id: find("id").is_some(),
+            tos_is_integer: find(&self.names.tos_column).is_some_and(|c| c.integer),
+        };
+        self.check_version()?;
+        Ok(info)
+    }
+
+    /// The `version` rule: when the table has a row there, it must say [`TABLE_VERSION`]. No
+    /// `version` table, or one without a row for this table, is fine (a hand-made table).
+    fn check_version(&mut self) -> Result<(), DbError> {
+        let table = self.names.table_name.clone();
+        let what = "reading table version";
+        let Some(cols) = self
+            .backend
+            .columns("version")
+            .map_err(|e| self.query_error(what, e))?
+        else {
+            return Ok(());
+        };
+        let has = |n: &str| cols.iter().any(|c| c.name.eq_ignore_ascii_case(n));
+        if !(has("table_name") && has("table_version")) {
+            // Not OpenSIPS' version table: it says nothing about ours.
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = {}",
+            self.ident("table_version"),
+            self.ident("version"),
+            self.ident("table_name"),
+            self.placeholder(1)
+        );
+        let rows = self
+            .backend
+            .query(&sql, &[Param::Text(Some(table.clone()))])
+            .map_err(|e| self.query_error(what, e))?;
+        for row in rows {
+            let v = clean(row.into_iter().next().flatten());
+            if v.as_deref().and_then(|v| v.parse::<i64>().ok()) != Some(TABLE_VERSION) {
+                return Err(DbError::VersionMismatch {
+                    table,
+                    found: v.unwrap_or_else(|| "NULL".into()),
+                    url: self.url.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the whole table with one query (after the catalog look of [`Database::table_info`]).
+    /// Rows come in `id` order when there is an `id`, every value cleaned by [`clean`].
+    pub fn load_rows(&mut self) -> Result<Vec<RawRow>, DbError> {
+        let info = self.table_info()?;
+        let mut select: Vec<String> = Vec::new();
+        if info.has_id {
+            select.push(self.ident("id"));
+        }
+        select.extend(self.columns().iter().map(|(_, c)| self.ident(c)));
+        let table = self.names.table_name.clone();
+        let mut sql = format!("SELECT {} FROM {}", select.join(", "), self.ident(&table));
+        if info.has_id {
+            sql.push_str(&format!(" ORDER BY {}", self.ident("id")));
+        }
+        let what = format!("reading table {table}");
+        let rows = self
+            .backend
+            .query(&sql, &[])
+            .map_err(|e| self.query_error(&what, e))?;
+        Ok(rows
+            .into_iter()
+            .map(|cells| {
+                let mut it = cells.into_iter();
+                let id = if info.has_id {
+                    clean(it.next().flatten()).and_then(|v| v.parse::<i64>().ok())
+                } else {
+                    None
+                };
+                let mut next = || clean(it.next().flatten());
+                RawRow {
+                    id,
+                    socket: next(),
+                    advertised: next(),
+                    tag: next(),
+                    flags: next(),
+                    tos: next(),
+                }
+            })
+            .collect())
+    }
+
+    /// Create the sockets table (OpenSIPS' schema) and the `version` table and row when missing.
+    /// Idempotent; an existing table at another version is an error.
+    pub fn init(&mut self) -> Result<InitReport, DbError> {
+        let table = self.names.table_name.clone();
+        let what = format!("creating table {table}");
+        let existed = self
+            .backend
+            .columns(&table)
+            .map_err(|e| self.query_error(&what, e))?
+            .is_some();
+        let ddl = schema(self.kind, &self.names);
+        self.backend
+            .batch(&ddl)
+            .map_err(|e| self.query_error(&what, e))?;
+        let sql =
+            format!(
+            "INSERT INTO {v} ({n}, {tv}) SELECT '{table}', {TABLE_VERSION}{dual} WHERE NOT EXISTS \
+             (SELECT 1 FROM {v} WHERE {n} = '{table}')",
+            v = self.ident("version"),
+            n = self.ident("table_name"),
+            tv = self.ident("table_version"),
+            dual = if self.kind == Kind::Mysql { " FROM DUAL" } else { "" },
+        );
+        let added = self
+            .backend
+            .execute(&sql, &[])
+            .map_err(|e| self.query_error("adding the version row", e))?;
+        // Checks the columns and the version of a table that was already there.
+        self.table_info()?;
+        Ok(InitReport {
+            created_table: !existed,
+            created_version_row: added > 0,
+        })
+    }
+
+    /// Insert one row as given (cleaned; the caller validates it first). A `tos` column of an
+    /// integer type gets the number. Returns the new `id` when the table has one.
+    pub fn insert(&mut self, row: &RawRow) -> Result<Option<i64>, DbError> {
+        let info = self.table_info()?;
+        let row = row.normalized();
+        let tos = match (&row.tos, info.tos_is_integer) {
+            (Some(t), true) => match parse_tos(t) {
+                Ok(v) => Param::Int(v.into()),
+                Err(e) => return Err(self.query_error("inserting a row", e)),
+            },
+            (t, _) => Param::Text(t.clone()),
+        };
+        let params = [
+            Param::Text(row.socket.clone()),
+            Param::Text(row.advertised.clone()),
+            Param::Text(row.tag.clone()),
+            Param::Text(row.flags.clone()),
+            tos,
+        ];
+        let columns: Vec<String> = self.columns().iter().map(|(_, c)| self.ident(c)).collect();
+        let marks: Vec<String> = (1..=params.len()).map(|i| self.placeholder(i)).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.ident(&self.names.table_name),
+            columns.join(", "),
+            marks.join(", ")
+        );
+        if info.has_id && self.kind == Kind::Postgres {
+            sql.push_str(" RETURNING id");
+        }
+        self.backend
+            .insert(&sql, &params, info.has_id)
+            .map_err(|e| self.query_error("inserting a row", e))
+    }
+
+    /// Delete the row with this `id`; returns how many rows went (0 or 1).
+    pub fn delete_by_id(&mut self, id: i64) -> Result<u64, DbError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE {} = {}",
+            self.ident(&self.names.table_name),
+            self.ident("id"),
+            self.placeholder(1)
+        );
+        self.backend
+            .execute(&sql, &[Param::Int(id)])
+            .map_err(|e| self.query_error("deleting a row", e))
+    }
+
+    /// Delete the rows whose socket text is `socket` (trailing blanks ignored); returns how many.
+    pub fn delete_by_socket(&mut self, socket: &str) -> Result<u64, DbError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE RTRIM({}) = {}",
+            self.ident(&self.names.table_name),
+            self.ident(&self.names.socket_column),
+            self.placeholder(1)
+        );
+        self.backend
+            .execute(&sql, &[Param::Text(Some(socket.trim_end().to_string()))])
+            .map_err(|e| self.query_error("deleting rows", e))
+    }
+}
+
+/// When `db_url` is a SQLite file that does not exist, create it with the empty table (so a fresh
+/// machine can run the default configuration). True when the file was created.
+pub fn ensure_sqlite_default(cfg: &SocketsMgm) -> Result<bool, DbError> {
+    let Target::Sqlite(path) = parse_url(&cfg.db_url)? else {
+        return Ok(false);
+    };
+    if path.exists() {
+        return Ok(false);
+    }
+    Database::create(cfg)?.init()?;
+    Ok(true)
+}
+
+/// The DDL of `db init` for a dialect, with the configured names (the `scripts/sql/*.sql` files are
+/// the same with the default names).
+fn schema(kind: Kind, n: &SocketsMgm) -> Vec<String> {
+    let (version, sockets) = match kind {
+        Kind::Sqlite => (
+            "CREATE TABLE IF NOT EXISTS version (\n    table_name CHAR(32) NOT NULL,\n    \
+             table_version INTEGER DEFAULT 0 NOT NULL,\n    \
+             CONSTRAINT version_t_name_idx UNIQUE (table_name)\n)"
+                .to_string(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\n    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n    \
+                 {s} CHAR(128) NOT NULL,\n    {a} CHAR(128) DEFAULT NULL,\n    \
+                 {g} CHAR(128) DEFAULT NULL,\n    {f} CHAR(128) DEFAULT NULL,\n    \
+                 {o} CHAR(32) DEFAULT NULL\n)",
+                t = n.table_name,
+                s = n.socket_column,
+                a = n.advertised_column,
+                g = n.tag_column,
+                f = n.flags_column,
+                o = n.tos_column
+            ),
+        ),
+        Kind::Postgres => (
+            "CREATE TABLE IF NOT EXISTS version (\n    table_name VARCHAR(32) NOT NULL,\n    \
+             table_version INTEGER DEFAULT 0 NOT NULL,\n    \
+             CONSTRAINT version_t_name_idx UNIQUE (table_name)\n)"
+                .to_string(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {t} (\n    id SERIAL PRIMARY KEY NOT NULL,\n    \
+                 {s} CHAR(128) NOT NULL,\n    {a} CHAR(128) DEFAULT NULL,\n    \
+                 {g} CHAR(128) DEFAULT NULL,\n    {f} CHAR(128) DEFAULT NULL,\n    \
+                 {o} CHAR(32) DEFAULT NULL\n)",
+                t = n.table_name,
+                s = n.socket_column,
+                a = n.advertised_column,
+                g = n.tag_column,
+                f = n.flags_column,
+                o = n.tos_column
+            ),
+        ),
+        Kind::Mysql => (
+            "CREATE TABLE IF NOT EXISTS `version` (\n    `table_name` CHAR(32) NOT NULL,\n    \
+             `table_version` INT UNSIGNED DEFAULT 0 NOT NULL,\n    \
+             CONSTRAINT t_name_idx UNIQUE (`table_name`)\n) ENGINE=InnoDB"
+                .to_string(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS `{t}` (\n    \
+                 `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,\n    \
+                 `{s}` CHAR(128) NOT NULL,\n    `{a}` CHAR(128) DEFAULT NULL,\n    \
+                 `{g}` CHAR(128) DEFAULT NULL,\n    `{f}` CHAR(128) DEFAULT NULL,\n    \
+                 `{o}` CHAR(32) DEFAULT NULL\n) ENGINE=InnoDB",
+                t = n.table_name,
+                s = n.socket_column,
+                a = n.advertised_column,
+                g = n.tag_column,
+                f = n.flags_column,
+                o = n.tos_column
+            ),
+        ),
+    };
+    vec![version, sockets]
+}
+
+/// An error and its sources on one line: some drivers keep the useful part ("Connection refused")
+/// only in the source.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// `msg` with every occurrence of the password (as written and percent-decoded) replaced by `***`:
+/// drivers may echo their connection string.
+fn scrub(msg: String, password: Option<&str>) -> String {
+    let Some(p) = password else { return msg };
+    let mut msg = msg.replace(p, "***");
+    let decoded = percent_decode(p);
+    if decoded != p && !decoded.is_empty() {
+        msg = msg.replace(&decoded, "***");
+    }
+    msg
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! The SQLite driver against real files; PostgreSQL and MariaDB are exercised by
+//! `tests/db_cli.rs` through the binary.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sipsockd-db-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn cfg(&self) -> SocketsMgm {
+        SocketsMgm {
+            db_url: format!("sqlite://{}", self.0.join("s.db").display()),
+            ..SocketsMgm::default()
+        }
+    }
+
+    fn sql(&self, sql: &str) {
+        rusqlite::Connection::open(self.0.join("s.db"))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn row(socket: &str) -> RawRow {
+    RawRow {
+        socket: Some(socket.into()),
+        ..RawRow::default()
+    }
+}
+
+#[test]
+fn urls() {
+    assert_eq!(
+        parse_url("sqlite://sipsockd.db").unwrap(),
+        Target::Sqlite("sipsockd.db".into())
+    );
+    assert_eq!(
+        parse_url("sqlite:///var/lib/s.db").unwrap(),
+        Target::Sqlite("/var/lib/s.db".into())
+    );
+    assert_eq!(
+        parse_url("postgres://u@h/d").unwrap(),
+        Target::Postgres("postgresql://u@h/d".into())
+    );
+    assert_eq!(
+        parse_url("PostgreSQL://u@h/d").unwrap(),
+        Target::Postgres("postgresql://u@h/d".into())
+    );
+    assert_eq!(
+        parse_url("MYSQL://u@h/d").unwrap(),
+        Target::Mysql("mysql://u@h/d".into())
+    );
+    let e = parse_url("oracle://u:secret@h/d").unwrap_err().to_string();
+    assert!(
+        e.contains("oracle://u:***@h/d") && !e.contains("secret"),
+        "{e}"
+    );
+    assert!(parse_url("sqlite://").is_err());
+}
+
+#[test]
+fn scrubbing_hides_the_password_in_any_form() {
+    assert_eq!(
+        scrub("auth failed for u:p%40ss and p@ss".into(), Some("p%40ss")),
+        "auth failed for u:*** and ***"
+    );
+    assert_eq!(scrub("x".into(), None), "x");
+    assert_eq!(percent_decode("a%2Fb%zz%4"), "a/b%zz%4");
+    assert_eq!(percent_decode("é%41"), "éA");
+}
+
+#[test]
+fn a_missing_file_is_a_connection_error_and_is_not_created() {
+    let dir = Scratch::new("missing");
+    let cfg = dir.cfg();
+    let e = Database::connect(&cfg).unwrap_err();
+    assert!(matches!(e, DbError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(!dir.0.join("s.db").exists());
+}
+
+#[test]
+fn init_is_idempotent_and_rows_round_trip() {
+    let dir = Scratch::new("init");
+    let cfg = dir.cfg();
+    assert!(ensure_sqlite_default(&cfg).unwrap());
+    assert!(!ensure_sqlite_default(&cfg).unwrap(), "only when missing");
+    let mut db = Database::connect(&cfg).unwrap();
+    assert_eq!(
+        db.init().unwrap(),
+        InitReport {
+            created_table: false,
+            created_version_row: false
+        }
+    );
+    assert!(db.load_rows().unwrap().is_empty());
+    let full = RawRow {
+        id: None,
+        socket: Some("udp:127.0.0.1:5070".into()),
+        advertised: Some("1.2.3.4".into()),
+        tag: Some("demo".into()),
+        flags: Some("frag".into()),
+        tos: Some("IPTOS_LOWDELAY".into()),
+    };
+    assert_eq!(db.insert(&full).unwrap(), Some(1));
+    assert_eq!(db.insert(&row("udp:127.0.0.1:5071")).unwrap(), Some(2));
+    let rows = db.load_rows().unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            RawRow {
+                id: Some(1),
+                ..full.clone()
+            },
+            RawRow {
+                id: Some(2),
+                ..row("udp:127.0.0.1:5071")
+            }
+        ]
+    );
+    assert_eq!(db.delete_by_socket("udp:127.0.0.1:5071  ").unwrap(), 1);
+    assert_eq!(db.delete_by_id(1).unwrap(), 1);
+    assert_eq!(db.delete_by_id(1).unwrap(), 0);
+    assert!(db.load_rows().unwrap().is_empty());
+}
+
+#[test]
+fn values_are_cleaned_and_integer_tos_is_read() {
+    let dir = Scratch::new("clean");
+    dir.sql(
+        "CREATE TABLE sockets (socket TEXT NOT NULL, advertised VARCHAR(64), tag TEXT, \
+         flags TEXT, tos INTEGER);
+         INSERT INTO sockets VALUES ('udp:127.0.0.1:5070   ', '', ' lead', '  ', 16);
+         INSERT INTO sockets VALUES ('udp:127.0.0.1:5071', NULL, NULL, NULL, NULL);",
+    );
+    let mut db = Database::connect(&dir.cfg()).unwrap();
+    let info = db.table_info().unwrap();
+    assert!(!info.has_id && info.tos_is_integer);
+    let rows = db.load_rows().unwrap();
+    assert_eq!(
+        rows[0],
+        RawRow {
+            id: None,
+            socket: Some("udp:127.0.0.1:5070".into()),
+            advertised: None,
+            tag: Some(" lead".into()),
+            flags: None,
+            tos: Some("16".into()),
+        }
+    );
+    assert_eq!(rows[1], row("udp:127.0.0.1:5071"));
+    // An integer tos column gets the number, even for a name.
+    let named = RawRow {
+        tos: Some("IPTOS_THROUGHPUT".into()),
+        ..row("udp:127.0.0.1:5072")
+    };
+    assert_eq!(db.insert(&named).unwrap(), None, "no id column");
+    assert_eq!(db.load_rows().unwrap()[2].tos.as_deref(), Some("8"));
+}
+
+#[test]
+fn missing_table_column_and_wrong_version_say_which() {
+    let dir = Scratch::new("errors");
+    dir.sql("CREATE TABLE other (x TEXT)");
+    let cfg = dir.cfg();
+    let mut db = Database::connect(&cfg).unwrap();
+    let e = db.load_rows().unwrap_err();
+    assert!(matches!(e, DbError::TableMissing { .. }), "{e}");
+    assert!(
+        e.to_string().contains("table sockets does not exist"),
+        "{e}"
+    );
+
+    dir.sql("CREATE TABLE sockets (socket TEXT, advertised TEXT, tag TEXT, flags TEXT)");
+    let e = db.load_rows().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("has no column tos (named by [sockets_mgm] tos_column)"),
+        "{e}"
+    );
+
+    dir.sql(
+        "ALTER TABLE sockets ADD COLUMN tos TEXT;
+         CREATE TABLE version (table_name CHAR(32), table_version INTEGER);
+         INSERT INTO version VALUES ('sockets', 2);",
+    );
+    let e = db.load_rows().unwrap_err();
+    assert!(matches!(e, DbError::VersionMismatch { .. }), "{e}");
+    assert!(e.to_string().contains("version 2"), "{e}");
+    // `db init` on such a table refuses too rather than pretending all is well.
+    assert!(matches!(db.init(), Err(DbError::VersionMismatch { .. })));
+
+    dir.sql("UPDATE version SET table_version = 1");
+    assert!(db.load_rows().unwrap().is_empty());
+    dir.sql("DELETE FROM version");
+    assert!(db.load_rows().is_ok(), "no version row: a hand-made table");
+}
+
+#[test]
+fn configured_names_are_used_everywhere() {
+    let dir = Scratch::new("names");
+    let cfg = SocketsMgm {
+        table_name: "sockets_def".into(),
+        socket_column: "sock".into(),
+        advertised_column: "adv".into(),
+        tag_column: "label".into(),
+        flags_column: "opts".into(),
+        tos_column: "dscp".into(),
+        ..dir.cfg()
+    };
+    let mut db = Database::create(&cfg).unwrap();
+    assert!(db.init().unwrap().created_table);
+    db.insert(&RawRow {
+        tag: Some("x".into()),
+        ..row("udp:127.0.0.1:5070")
+    })
+    .unwrap();
+    let rows = db.load_rows().unwrap();
+    assert_eq!(rows[0].tag.as_deref(), Some("x"));
+    // The default names do not exist in that file.
+    let e = Database::connect(&dir.cfg())
+        .unwrap()
+        .load_rows()
+        .unwrap_err();
+    assert!(matches!(e, DbError::TableMissing { .. }));
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_connection_error() {
+    let dir = Scratch::new("garbage");
+    std::fs::write(dir.0.join("s.db"), vec![b'x'; 4096]).unwrap();
+    let e = Database::connect(&dir.cfg()).unwrap_err();
+    assert!(matches!(e, DbError::Connect { .. }), "{e}");
+}
+
+#[test]
+fn the_shipped_scripts_match_the_init_schema() {
+    // scripts/sql/*.sql are what `db init` runs with the default names.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sql");
+    let names = SocketsMgm::default();
+    for (file, kind) in [
+        ("sqlite.sql", Kind::Sqlite),
+        ("postgres.sql", Kind::Postgres),
+        ("mysql.sql", Kind::Mysql),
+    ] {
+        let script = std::fs::read_to_string(root.join(file)).unwrap();
+        for statement in schema(kind, &names) {
+            assert!(
+                script.contains(&format!("{statement};")),
+                "{file} lacks:\n{statement}"
+            );
+        }
+        assert!(script.contains("INSERT INTO"), "{file}: version row");
+    }
+}
