@@ -1,9 +1,356 @@
 //! `sipsockd run`: the supervisor's event loop.
+//!
+//! Start-up order matters and is the contract with init systems: signals blocked (before any thread
+//! exists), open-file limit raised, database reachable (else exit 1), shared table created, workers
+//! started, initial load applied, and only then the MI FIFO created and systemd told `READY=1`.
+//! After that nothing that comes from outside (a reload, a dying worker, a bad request) stops the
+//! loop; only SIGTERM/SIGINT do.
 
 use crate::config::Config;
+use crate::db::Database;
+use crate::mi::{self, MiServer, RpcError};
+use crate::pool::Pool;
+use crate::reload::Sockets;
+use crate::row::{validate_table, RowError, SystemResolver};
+use crate::sys;
+use log::{error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::{json, Value};
+use shm::Table;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant, SystemTime};
+
+const SIGNALS: Token = Token(0);
+const MI: Token = Token(1);
+const WORKER_BASE: usize = 16;
+
+/// Why the daemon could not start (once started, it only stops on a signal).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Signal handling could not be set up.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    /// The open-file limit is too low for `max_sockets`.
+    #[error(
+        "the open-file limit ({limit}) is too low for max_sockets = {max_sockets}: \
+         raise it (ulimit -n / LimitNOFILE=) to at least {needed}"
+    )]
+    FileLimit {
+        /// The limit in force.
+        limit: u64,
+        /// The configured max_sockets.
+        max_sockets: u32,
+        /// What would do.
+        needed: u64,
+    },
+    /// The database could not be reached or read at start.
+    #[error("{0}")]
+    Database(#[from] crate::db::DbError),
+    /// The shared table could not be created.
+    #[error("{0}")]
+    Shm(#[from] shm::ShmError),
+    /// The MI FIFO could not be created.
+    #[error("{0}")]
+    Mi(#[from] mi::MiError),
+    /// A worker could not be started at all.
+    #[error("{0}")]
+    Pool(#[from] crate::pool::PoolError),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything the MI methods act on.
+struct State {
+    config: Config,
+    db: Option<Database>,
+    shm: Table,
+    pool: Pool,
+    sockets: Sockets,
+    resolver: SystemResolver,
+}
 
 /// Run the daemon until SIGTERM/SIGINT.
-pub fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let _ = config;
-    todo!()
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let started = SystemTime::now();
+    let signals = sys::signal_fd().map_err(DaemonError::Signals)?;
+    let limit = sys::raise_nofile_limit().unwrap_or_else(|_| sys::nofile_limit());
+    let needed = u64::from(config.sockets_mgm.max_sockets) * 2 + 64;
+    if limit < needed {
+        return Err(DaemonError::FileLimit {
+            limit,
+            max_sockets: config.sockets_mgm.max_sockets,
+            needed,
+        });
+    }
+    let mgm = &config.sockets_mgm;
+    if crate::db::ensure_sqlite_default(mgm)? {
+        info!(
+            "created {} with an empty {} table",
+            mgm.db_url_redacted(),
+            mgm.table_name
+        );
+    }
+    let db = Database::connect(mgm)?;
+    info!("database {}", mgm.db_url_redacted());
+    let shm = Table::create(&config.shm.path, mgm.max_sockets, mgm.processes, 0)?;
+    let pool = Pool::new(
+        mgm.processes,
+        config.sip.reply_code,
+        config.sip.reply_reason.clone(),
+    );
+    let mut state = State {
+        config,
+        db: Some(db),
+        shm,
+        pool,
+        sockets: Sockets::default(),
+        resolver: SystemResolver,
+    };
+    let mut next_start = state.pool.start_due(&state.shm, &[], 0);
+
+    match state.reload() {
+        Ok(_) => info!("initial load: {} sockets", state.sockets.len()),
+        Err(e) => error!(
+            "initial load: {} {}",
+            e.message,
+            e.data.as_ref().map(|d| d.to_string()).unwrap_or_default()
+        ),
+    }
+
+    let mut poll = Poll::new()?;
+    poll.registry().register(
+        &mut SourceFd(&signals.as_raw_fd()),
+        SIGNALS,
+        Interest::READABLE,
+    )?;
+    let mut mi_server = MiServer::create(&state.config.mi_fifo)?;
+    mi_server.register(poll.registry(), MI)?;
+    if let Err(e) = sys::notify_ready() {
+        warn!("cannot notify systemd: {e}");
+    }
+    info!(
+        "ready: {} UDP workers, MI FIFO {}, shm {}",
+        state.config.sockets_mgm.processes,
+        state.config.mi_fifo.fifo_name.display(),
+        state.config.shm.path.display()
+    );
+
+    let mut registered: Vec<u64> = vec![0; state.pool.workers().len()];
+    let mut events = Events::with_capacity(64);
+    loop {
+        register_workers(&poll, &state.pool, &mut registered)?;
+        let now = Instant::now();
+        let mut timeout = next_start.map(|t| t.saturating_duration_since(now));
+        if let Some(t) = mi_server.poll_timeout() {
+            timeout = Some(timeout.map_or(t, |x| x.min(t)));
+        }
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e.into());
+        }
+        let mut stop = false;
+        for event in events.iter() {
+            match event.token() {
+                SIGNALS => {
+                    while let Ok(Some(info)) = signals.read_signal() {
+                        match info.ssi_signo as i32 {
+                            libc::SIGCHLD => state.pool.reap(&state.shm),
+                            libc::SIGHUP => {
+                                info!("SIGHUP: reloading");
+                                match state.reload() {
+                                    Ok(_) => info!("reload: OK"),
+                                    Err(e) => warn!("reload: {}", e.message),
+                                }
+                            }
+                            libc::SIGTERM | libc::SIGINT => stop = true,
+                            _ => {}
+                        }
+                    }
+                }
+                MI => {
+                    for req in mi_server.on_readable(poll.registry()) {
+                        let result = mi::dispatch(&req, started, &mut state);
+                        mi_server.reply(&req, result);
+                    }
+                }
+                Token(t) if t >= WORKER_BASE => state.pool.on_readable(t - WORKER_BASE, &state.shm),
+                Token(_) => {}
+            }
+        }
+        if stop {
+            break;
+        }
+        mi_server.on_tick();
+        let served = state.sockets.served();
+        next_start = state
+            .pool
+            .start_due(&state.shm, &served, state.sockets.generation());
+    }
+
+    info!("stopping");
+    state
+        .pool
+        .shutdown(Instant::now() + Duration::from_millis(1500));
+    mi_server.remove();
+    if let Err(e) = state.shm.remove() {
+        warn!("{e}");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Register each worker's control channel once per process (a restarted worker has a new one).
+fn register_workers(poll: &Poll, pool: &Pool, registered: &mut [u64]) -> std::io::Result<()> {
+    for (i, w) in pool.workers().iter().enumerate() {
+        if registered[i] == w.spawns() {
+            continue;
+        }
+        if let Some(fd) = w.channel_fd() {
+            poll.registry().register(
+                &mut SourceFd(&fd.as_raw_fd()),
+                Token(WORKER_BASE + i),
+                Interest::READABLE,
+            )?;
+            registered[i] = w.spawns();
+        }
+    }
+    Ok(())
+}
+
+fn row_error_json(e: &RowError) -> Value {
+    let mut o = serde_json::Map::new();
+    if let Some(id) = e.id {
+        o.insert("id".into(), json!(id));
+    }
+    if let Some(s) = &e.socket {
+        o.insert("socket".into(), json!(s));
+    }
+    if let Some(c) = &e.column {
+        o.insert("column".into(), json!(c));
+    }
+    if let Some(v) = &e.value {
+        o.insert("value".into(), json!(v));
+    }
+    o.insert("reason".into(), json!(e.reason));
+    Value::Object(o)
+}
+
+impl State {
+    /// `sockets_reload`, SIGHUP and the initial load.
+    fn reload(&mut self) -> Result<Value, RpcError> {
+        let mgm = &self.config.sockets_mgm;
+        let db_error = |e: crate::db::DbError| RpcError {
+            code: 500,
+            message: format!("Could not reload sockets: {e}"),
+            data: None,
+        };
+        if self.db.is_none() {
+            self.db = Some(Database::connect(mgm).map_err(db_error)?);
+        }
+        let rows = match self.db.as_mut().map(Database::load_rows) {
+            Some(Ok(rows)) => rows,
+            Some(Err(e)) => {
+                // Reconnect at the next reload: the connection may be what failed.
+                self.db = None;
+                return Err(db_error(e));
+            }
+            None => unreachable!("connected above"),
+        };
+        let v = validate_table(&rows, mgm.max_sockets, mgm.invalid_rows, &self.resolver);
+        if v.refused {
+            return Err(RpcError {
+                code: 400,
+                message: format!("Table refused: {} bad rows", v.errors.len()),
+                data: Some(Value::Array(v.errors.iter().map(row_error_json).collect())),
+            });
+        }
+        let report = self.sockets.apply(&v.defs, &mut self.pool, &self.shm);
+        for i in 0..self.pool.workers().len() {
+            self.pool.on_readable(i, &self.shm);
+        }
+        for w in &report.workers {
+            warn!(
+                "reload generation {}: {} worker {}: {}",
+                report.generation, w.kind, w.rank, w.what
+            );
+        }
+        let mut data: Vec<Value> = v.errors.iter().map(row_error_json).collect();
+        data.extend(report.failures.iter().map(|f| {
+            let mut o = serde_json::Map::new();
+            if let Some(id) = f.id {
+                o.insert("id".into(), json!(id));
+            }
+            o.insert("socket".into(), json!(f.socket));
+            o.insert("reason".into(), json!(f.reason));
+            Value::Object(o)
+        }));
+        match (report.failures.len(), v.errors.len()) {
+            (0, 0) => Ok(json!("OK")),
+            (0, skipped) => Err(RpcError {
+                code: 400,
+                message: format!("{skipped} bad rows skipped, the rest applied"),
+                data: Some(Value::Array(data)),
+            }),
+            (failed, 0) => Err(RpcError {
+                code: 500,
+                message: format!("{failed} sockets could not be bound"),
+                data: Some(Value::Array(data)),
+            }),
+            (failed, skipped) => Err(RpcError {
+                code: 500,
+                message: format!("{failed} sockets could not be bound, {skipped} bad rows skipped"),
+                data: Some(Value::Array(data)),
+            }),
+        }
+    }
+}
+
+impl mi::Handler for State {
+    fn sockets_reload(&mut self) -> Result<Value, RpcError> {
+        self.reload()
+    }
+
+    fn sockets_list(&mut self) -> Result<Value, RpcError> {
+        Ok(self.sockets.list_json())
+    }
+
+    fn sockets_status(&mut self) -> Result<Value, RpcError> {
+        let sockets: Vec<Value> = self
+            .sockets
+            .iter()
+            .map(|r| {
+                let mut o = serde_json::Map::new();
+                o.insert("slot".into(), json!(r.slot));
+                o.insert("socket".into(), json!(r.def.text));
+                o.insert("proto".into(), json!(r.def.proto.as_str()));
+                o.insert("address".into(), json!(r.def.identity().1.to_string()));
+                o.insert(
+                    "state".into(),
+                    json!(if r.error.is_some() { "error" } else { "active" }),
+                );
+                if let Some(e) = &r.error {
+                    o.insert("error".into(), json!(e));
+                }
+                o.insert("received".into(), json!(self.shm.slot_received(r.slot)));
+                Value::Object(o)
+            })
+            .collect();
+        Ok(json!({
+            "generation": self.sockets.generation(),
+            "sockets": sockets,
+            "workers": self.pool.status_json(&self.shm),
+        }))
+    }
+
+    fn ps(&mut self) -> Result<Value, RpcError> {
+        let mut procs = vec![json!({"ID": 0, "PID": std::process::id(), "Type": "supervisor"})];
+        for (i, w) in self.pool.workers().iter().enumerate() {
+            procs.push(json!({"ID": i + 1, "PID": w.pid().unwrap_or(0), "Type": format!("{} worker {}", w.kind(), w.rank())}));
+        }
+        Ok(json!({ "Processes": procs }))
+    }
 }

@@ -10,4 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod mi;
+pub mod pool;
+pub mod reload;
 pub mod row;
+pub mod sys;

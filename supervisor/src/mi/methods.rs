@@ -1,0 +1,338 @@
+//! The MI methods: one table that says which methods exist and which parameters they take, the
+//! core methods OpenSIPS clients expect (`which`, `ps`, `version`, `uptime`), and dispatch to the
+//! daemon's [`Handler`] for the socket methods.
+//!
+//! The table is what `which` reports, so `opensips-cli` (which calls `which` first and refuses
+//! anything not listed) sees exactly the methods that can run. No I/O here.
+
+use super::proto::{Params, Request, RpcError};
+use serde_json::{json, Value};
+use std::time::SystemTime;
+
+/// What the daemon provides to the MI methods that touch its state.
+pub trait Handler {
+    /// `sockets_reload` / `sockets_mgm:reload`.
+    fn sockets_reload(&mut self) -> Result<Value, RpcError>;
+    /// `sockets_list` / `sockets_mgm:list`.
+    fn sockets_list(&mut self) -> Result<Value, RpcError>;
+    /// `sockets_status`.
+    fn sockets_status(&mut self) -> Result<Value, RpcError>;
+    /// `ps`: `{"Processes": [{"ID", "PID", "Type"}]}`.
+    fn ps(&mut self) -> Result<Value, RpcError>;
+}
+
+type Run = fn(&Request, SystemTime, &mut dyn Handler) -> Result<Value, RpcError>;
+
+/// One MI method.
+struct Method {
+    name: &'static str,
+    /// The parameter sets it accepts, as `which command=NAME` reports them.
+    params: &'static [&'static [&'static str]],
+    run: Run,
+}
+
+/// A method that takes no parameter.
+const NONE: &[&[&str]] = &[&[]];
+
+const METHODS: &[Method] = &[
+    Method {
+        name: "sockets_reload",
+        params: NONE,
+        run: |_, _, h| h.sockets_reload(),
+    },
+    Method {
+        name: "sockets_mgm:reload",
+        params: NONE,
+        run: |_, _, h| h.sockets_reload(),
+    },
+    Method {
+        name: "sockets_list",
+        params: NONE,
+        run: |_, _, h| h.sockets_list(),
+    },
+    Method {
+        name: "sockets_mgm:list",
+        params: NONE,
+        run: |_, _, h| h.sockets_list(),
+    },
+    Method {
+        name: "sockets_status",
+        params: NONE,
+        run: |_, _, h| h.sockets_status(),
+    },
+    Method {
+        name: "which",
+        params: &[&[], &["command"]],
+        run: |req, _, _| which(&req.params),
+    },
+    Method {
+        name: "ps",
+        params: NONE,
+        run: |_, _, h| h.ps(),
+    },
+    Method {
+        name: "version",
+        params: NONE,
+        run: |_, _, _| Ok(version()),
+    },
+    Method {
+        name: "uptime",
+        params: NONE,
+        run: |_, started, _| Ok(uptime(started, SystemTime::now())),
+    },
+];
+
+fn find(name: &str) -> Option<&'static Method> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// The names of every method, in the order `which` lists them.
+pub fn names() -> Vec<&'static str> {
+    METHODS.iter().map(|m| m.name).collect()
+}
+
+/// Runs a request: checks the method and its parameters, then calls it.
+///
+/// `started` is when the daemon started (for `uptime`).
+pub fn dispatch(
+    req: &Request,
+    started: SystemTime,
+    handler: &mut dyn Handler,
+) -> Result<Value, RpcError> {
+    let method = find(&req.method).ok_or_else(|| RpcError::method_not_found(&req.method))?;
+    if method.params == NONE && !req.params.is_empty() {
+        return Err(RpcError::invalid_params(format!(
+            "{} takes no parameters",
+            method.name
+        )));
+    }
+    (method.run)(req, started, handler)
+}
+
+/// `which`: every method, or the parameter sets of one.
+fn which(params: &Params) -> Result<Value, RpcError> {
+    let command = match params {
+        p if p.is_empty() => return Ok(json!(names())),
+        Params::Named(map) => {
+            if let Some(unknown) = map.keys().find(|k| *k != "command") {
+                return Err(RpcError::invalid_params(format!(
+                    "unknown parameter {unknown:?} (which takes: command)"
+                )));
+            }
+            &map["command"]
+        }
+        Params::Positional(values) if values.len() == 1 => &values[0],
+        _ => {
+            return Err(RpcError::invalid_params(
+                "which takes at most one parameter: command",
+            ))
+        }
+    };
+    let Some(name) = command.as_str() else {
+        return Err(RpcError::invalid_params("command must be a string"));
+    };
+    match find(name) {
+        Some(m) => Ok(json!(m.params)),
+        None => Err(RpcError::invalid_params(format!(
+            "unknown command {name:?}"
+        ))),
+    }
+}
+
+/// `version`, as OpenSIPS gives it: the server header's product.
+fn version() -> Value {
+    json!({ "Server": format!("sipsockd {}", env!("CARGO_PKG_VERSION")) })
+}
+
+/// `uptime`, as OpenSIPS gives it: `ctime(3)` dates without the newline, whole seconds.
+fn uptime(started: SystemTime, now: SystemTime) -> Value {
+    let up = now
+        .duration_since(started)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "Now": ctime(now),
+        "Up since": ctime(started),
+        "Up time": format!("{up} [sec]"),
+    })
+}
+
+/// A time as `ctime(3)` writes it in the local time zone, without the trailing newline:
+/// `Thu Mar  4 10:35:05 2024` (the day space-padded to two columns).
+fn ctime(t: SystemTime) -> String {
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or(jiff::tz::TimeZone::UTC);
+    match jiff::Timestamp::try_from(t) {
+        Ok(ts) => ts
+            .to_zoned_datetime(tz)
+            .strftime("%a %b %e %H:%M:%S %Y")
+            .to_string(),
+        // Only for a clock outside jiff's range (years beyond ±9999).
+        Err(_) => "?".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A handler that records what ran.
+    #[derive(Default)]
+    struct Calls(Vec<&'static str>);
+
+    impl Handler for Calls {
+        fn sockets_reload(&mut self) -> Result<Value, RpcError> {
+            self.0.push("reload");
+            Ok(json!("OK"))
+        }
+        fn sockets_list(&mut self) -> Result<Value, RpcError> {
+            self.0.push("list");
+            Ok(json!([]))
+        }
+        fn sockets_status(&mut self) -> Result<Value, RpcError> {
+            self.0.push("status");
+            Err(RpcError::new(500, "boom"))
+        }
+        fn ps(&mut self) -> Result<Value, RpcError> {
+            self.0.push("ps");
+            Ok(json!({"Processes": []}))
+        }
+    }
+
+    fn request(method: &str, params: Params) -> Request {
+        Request {
+            method: method.into(),
+            params,
+            id: Some(json!(1)),
+            reply_name: Some("r".into()),
+        }
+    }
+
+    fn named(v: Value) -> Params {
+        Params::Named(v.as_object().cloned().unwrap())
+    }
+
+    fn run(method: &str, params: Params, h: &mut Calls) -> Result<Value, RpcError> {
+        dispatch(&request(method, params), SystemTime::now(), h)
+    }
+
+    #[test]
+    fn socket_methods_and_their_aliases_reach_the_handler() {
+        let mut h = Calls::default();
+        assert_eq!(run("sockets_reload", Params::None, &mut h), Ok(json!("OK")));
+        assert_eq!(
+            run("sockets_mgm:reload", named(json!({})), &mut h),
+            Ok(json!("OK"))
+        );
+        assert_eq!(
+            run("sockets_list", Params::Positional(vec![]), &mut h),
+            Ok(json!([]))
+        );
+        assert_eq!(run("sockets_mgm:list", Params::None, &mut h), Ok(json!([])));
+        assert_eq!(
+            run("sockets_status", Params::None, &mut h)
+                .unwrap_err()
+                .code,
+            500
+        );
+        assert_eq!(
+            run("ps", Params::None, &mut h),
+            Ok(json!({"Processes": []}))
+        );
+        assert_eq!(h.0, ["reload", "reload", "list", "list", "status", "ps"]);
+    }
+
+    #[test]
+    fn unknown_method_and_unexpected_params() {
+        let mut h = Calls::default();
+        let e = run("nope", Params::None, &mut h).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (-32601, "Method not found"));
+        let e = run("sockets_reload", named(json!({"force": "1"})), &mut h).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (-32602, "Invalid params"));
+        let e = run("version", Params::Positional(vec![json!(1)]), &mut h).unwrap_err();
+        assert_eq!(e.code, -32602);
+        assert!(h.0.is_empty(), "nothing ran: {:?}", h.0);
+    }
+
+    #[test]
+    fn which_lists_every_method_and_their_parameter_sets() {
+        let mut h = Calls::default();
+        let all = run("which", Params::None, &mut h).unwrap();
+        let all: Vec<String> = serde_json::from_value(all).unwrap();
+        for m in [
+            "sockets_reload",
+            "sockets_mgm:reload",
+            "sockets_list",
+            "sockets_mgm:list",
+            "sockets_status",
+            "which",
+            "ps",
+            "version",
+            "uptime",
+        ] {
+            assert!(all.iter().any(|n| n == m), "{m} missing from {all:?}");
+        }
+        // Every listed method dispatches (none is a dead entry).
+        for m in &all {
+            let e = run(m, Params::None, &mut h).err();
+            assert!(!matches!(&e, Some(e) if e.code < 0), "{m}: {e:?}");
+        }
+        assert_eq!(
+            run("which", named(json!({"command": "sockets_list"})), &mut h),
+            Ok(json!([[]]))
+        );
+        assert_eq!(
+            run("which", Params::Positional(vec![json!("which")]), &mut h),
+            Ok(json!([[], ["command"]]))
+        );
+        for bad in [
+            named(json!({"cmd": "ps"})),
+            named(json!({"command": 3})),
+            named(json!({"command": "nope"})),
+            Params::Positional(vec![json!("a"), json!("b")]),
+        ] {
+            assert_eq!(
+                run("which", bad.clone(), &mut h).unwrap_err().code,
+                -32602,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_and_uptime_shapes() {
+        let mut h = Calls::default();
+        assert_eq!(
+            run("version", Params::None, &mut h),
+            Ok(json!({"Server": format!("sipsockd {}", env!("CARGO_PKG_VERSION"))}))
+        );
+        let started = SystemTime::now() - Duration::from_secs(42);
+        let v = uptime(started, started + Duration::from_secs(42));
+        assert_eq!(v["Up time"], json!("42 [sec]"));
+        for key in ["Now", "Up since"] {
+            let s = v[key].as_str().unwrap();
+            // "Thu Mar  4 10:35:05 2024": 24 characters, fixed columns.
+            assert_eq!(s.len(), 24, "{s:?}");
+            assert_eq!(&s[3..4], " ");
+            assert_eq!((&s[13..14], &s[16..17]), (":", ":"));
+        }
+        // A clock set back never gives a negative uptime.
+        assert_eq!(
+            uptime(started, started - Duration::from_secs(5))["Up time"],
+            json!("0 [sec]")
+        );
+    }
+
+    #[test]
+    fn ctime_pads_the_day_like_ctime() {
+        // 2024-03-04T10:35:05Z; the zone may shift the hour but not the format.
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_548_505);
+        let s = ctime(t);
+        assert_eq!(s.len(), 24, "{s:?}");
+        assert!(s.ends_with(" 2024"), "{s:?}");
+        assert!(
+            s.contains("Mar  4") || s.contains("Mar  3") || s.contains("Mar  5"),
+            "{s:?}"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! The supervisor's system calls: binding sockets with a row's options, starting worker processes,
+//! signals, resource limits and the systemd notification.
+//!
+//! This is the only module of the crate with `unsafe`; every block says who owns the fd it touches.
+//! It never decides anything: callers pass in what to do and get typed errors back.
+
+use crate::row::{Flags, SocketDef};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
+use shm::Proto;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// A bind that failed, with the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// `socket(2)` failed.
+    #[error("cannot create socket: {0}")]
+    Socket(#[source] nix::Error),
+    /// A socket option could not be set.
+    #[error("cannot set {option}: {source}")]
+    Option {
+        /// The option, as an operator would name it.
+        option: &'static str,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// `bind(2)` failed (address not local, port taken, permission).
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// `listen(2)` failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> nix::Result<()> {
+    // SAFETY: `fd` is borrowed from an OwnedFd the caller keeps alive for the call; the option value
+    // is a c_int on our stack whose size we pass; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
+}
+
+/// Set the options that can change on a running socket: TOS / traffic class and path-MTU discovery
+/// (`frag`). Applied at bind and again, in place, when only these change.
+pub fn apply_live_options(
+    fd: BorrowedFd<'_>,
+    ipv6: bool,
+    flags: Flags,
+    tos: u8,
+) -> Result<(), BindError> {
+    let (level, tos_name, mtu_name, mtu_dont, mtu_want) = if ipv6 {
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_TCLASS,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+            libc::IPV6_PMTUDISC_WANT,
+        )
+    } else {
+        (
+            libc::IPPROTO_IP,
+            libc::IP_TOS,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+            libc::IP_PMTUDISC_WANT,
+        )
+    };
+    setsockopt_int(fd, level, tos_name, libc::c_int::from(tos)).map_err(|source| {
+        BindError::Option {
+            option: if ipv6 { "IPV6_TCLASS" } else { "IP_TOS" },
+            source,
+        }
+    })?;
+    let mtu = if flags.frag { mtu_dont } else { mtu_want };
+    setsockopt_int(fd, level, mtu_name, mtu).map_err(|source| BindError::Option {
+        option: if ipv6 {
+            "IPV6_MTU_DISCOVER"
+        } else {
+            "IP_MTU_DISCOVER"
+        },
+        source,
+    })
+}
+
+/// Create, configure and bind the socket a row asks for (listening for stream protos). The socket is
+/// non-blocking and close-on-exec; the returned OwnedFd is the supervisor's copy.
+pub fn bind(def: &SocketDef) -> Result<OwnedFd, BindError> {
+    let addr = SocketAddr::new(def.ip, def.port);
+    let ipv6 = addr.is_ipv6();
+    let family = if ipv6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let ty = if def.proto == Proto::Udp {
+        SockType::Datagram
+    } else {
+        SockType::Stream
+    };
+    let fd = socket::socket(
+        family,
+        ty,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(BindError::Socket)?;
+    let opt = |option: &'static str, level, name, value| {
+        setsockopt_int(fd.as_fd(), level, name, value)
+            .map_err(|source| BindError::Option { option, source })
+    };
+    if ipv6 {
+        // `[::]` must not silently take the IPv4 port too: v4 rows are their own sockets.
+        opt("IPV6_V6ONLY", libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    if def.proto != Proto::Udp {
+        // A listener closed by a reload must be re-bindable at once despite TIME_WAIT connections.
+        opt("SO_REUSEADDR", libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    }
+    if def.flags.reuse_port {
+        opt("SO_REUSEPORT", libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    if def.flags.anycast {
+        if ipv6 {
+            opt("IPV6_FREEBIND", libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)?;
+        } else {
+            opt("IP_FREEBIND", libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+        }
+    }
+    apply_live_options(fd.as_fd(), ipv6, def.flags, def.tos)?;
+    let sa = SockaddrStorage::from(addr);
+    socket::bind(fd.as_raw_fd(), &sa).map_err(|source| BindError::Bind { addr, source })?;
+    if def.proto != Proto::Udp {
+        let backlog = socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN);
+        socket::listen(&fd, backlog).map_err(|source| BindError::Listen { addr, source })?;
+    }
+    Ok(fd)
+}
+
+/// The local address a socket is bound to.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let sa: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = sa.as_sockaddr_in() {
+        return Ok(SocketAddr::V4((*v4).into()));
+    }
+    if let Some(v6) = sa.as_sockaddr_in6() {
+        return Ok(SocketAddr::V6((*v6).into()));
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "not an inet socket",
+    ))
+}
+
+/// Raise the open-file soft limit to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
+
+/// The current open-file soft limit.
+pub fn nofile_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}
+
+/// Block the signals the supervisor handles and return a signalfd delivering them. Must be called
+/// before any thread starts, so every thread inherits the mask (std's process spawning resets the
+/// mask in children, so workers start with signals unblocked).
+pub fn signal_fd() -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set.thread_block()?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+}
+
+/// Clear or set close-on-exec on a fd the supervisor owns (used on the worker's end of its control
+/// socket for exactly the duration of one spawn).
+pub fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if cloexec {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(flags)).map(|_| ())
+}
+
+/// Tell systemd we are ready, when started with `Type=notify` (`NOTIFY_SOCKET` set). Abstract socket
+/// names start with `@`.
+pub fn notify_ready() -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => UnixAddr::from_abstract_name(name.as_bytes())?,
+        None => UnixAddr::from_pathname(&path)?,
+    };
+    let sock = UnixDatagram::unbound()?;
+    sock.send_to_addr(b"READY=1\n", &addr)?;
+    Ok(())
+}
+
+/// Send a signal to a process; ESRCH (already gone) is not an error.
+pub fn kill(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), signal);
+}
+
+/// The raw number of a fd, for a command line.
+pub fn raw_fd(fd: BorrowedFd<'_>) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Bound how long a blocking send on a control channel may wait for the worker to read.
+pub fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> nix::Result<()> {
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as nix::sys::time::time_t,
+        timeout.subsec_micros() as nix::sys::time::suseconds_t,
+    );
+    socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv)
+}
+
+/// Wait until one of `fds` is readable (or hung up) or `timeout` passes; one flag per fd.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let ms =
+        PollTimeout::try_from(timeout.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+    match poll(&mut pfds, ms) {
+        Ok(_) => pfds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect(),
+        Err(_) => vec![false; fds.len()],
+    }
+}

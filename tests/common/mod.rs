@@ -1,0 +1,352 @@
+//! Helpers that make the daemon's integration tests read like specifications: a scratch directory,
+//! a running `sipsockd run` with its own FIFO and shm file, the CLI, MI calls and SIP OPTIONS.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Generous: the machine is shared and noisy; tests wait on events, these only bound the wait.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sipsockd")
+}
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "sipsockd-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free UDP port on `ip` (bound then released; the kernel does not hand it out again at once).
+pub fn free_udp_port(ip: &str) -> u16 {
+    UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What a test daemon is started with.
+pub struct Opts {
+    pub processes: u32,
+    pub max_sockets: u32,
+    /// `None`: a scratch SQLite file.
+    pub db_url: Option<String>,
+    pub table_name: String,
+    pub extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            processes: 2,
+            max_sockets: 100,
+            db_url: None,
+            table_name: "sockets".into(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A `sipsockd run` in a scratch directory.
+pub struct Daemon {
+    pub dir: Scratch,
+    pub config: PathBuf,
+    pub fifo: PathBuf,
+    pub shm: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Write a config, create the table, start `run` and wait until the MI FIFO answers.
+    pub fn start(name: &str, opts: Opts) -> Daemon {
+        let d = Daemon::configure(name, &opts);
+        assert!(d.cli(&["db", "init"]).status.success(), "db init failed");
+        d.spawn()
+    }
+
+    /// Only write the config (the test starts the daemon itself).
+    pub fn configure(name: &str, opts: &Opts) -> Daemon {
+        let dir = Scratch::new(name);
+        let fifo = dir.path().join("fifo");
+        let shm = PathBuf::from(format!(
+            "/dev/shm/sipsockd-test-{}",
+            dir.path().file_name().unwrap().to_string_lossy()
+        ));
+        let db_url = opts
+            .db_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("s.db").display()));
+        let config = dir.path().join("sipsockd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[sockets_mgm]\ndb_url = {db_url:?}\ntable_name = {:?}\nprocesses = {}\nmax_sockets = {}\n\
+                 [mi_fifo]\nfifo_name = {:?}\nreply_dir = \"{}/\"\n[shm]\npath = {:?}\n{}\n",
+                opts.table_name,
+                opts.processes,
+                opts.max_sockets,
+                fifo.display().to_string(),
+                dir.path().display(),
+                shm.display().to_string(),
+                opts.extra
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join("daemon.log");
+        Daemon {
+            dir,
+            config,
+            fifo,
+            shm,
+            log,
+            child: None,
+        }
+    }
+
+    /// Start `run` and wait until the FIFO answers `version`.
+    pub fn spawn(mut self) -> Daemon {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited at start ({status}):\n{}", self.log_text());
+            }
+            if self.fifo.exists() {
+                let out = self.cli(&["mi", "--timeout", "5", "version"]);
+                if out.status.success() {
+                    return self;
+                }
+            }
+            assert!(
+                t0.elapsed() < DEADLINE,
+                "daemon not ready in time:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Run the CLI with this daemon's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    pub fn add(&self, socket: &str, extra: &[&str]) {
+        let mut args = vec!["db", "add", socket];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "db add {socket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn rm(&self, socket: &str) {
+        let out = self.cli(&["db", "rm", socket]);
+        assert!(
+            out.status.success(),
+            "db rm {socket}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// An MI call through our client: Ok(result) or Err(error object as printed on stderr).
+    pub fn mi(&self, method: &str) -> Result<Value, String> {
+        let out = self.cli(&["mi", method]);
+        match out.status.code() {
+            Some(0) => Ok(serde_json::from_slice(&out.stdout).expect("mi prints JSON")),
+            Some(1) => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            other => panic!(
+                "mi {method}: exit {other:?}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_text()
+            ),
+        }
+    }
+
+    pub fn reload(&self) -> Result<Value, String> {
+        self.mi("sockets_reload")
+    }
+
+    pub fn reload_ok(&self) {
+        let r = self.reload();
+        assert_eq!(
+            r,
+            Ok(Value::String("OK".into())),
+            "reload not OK; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn dump(&self) -> Value {
+        let out = self.cli(&["shm-dump", "--json"]);
+        assert!(
+            out.status.success(),
+            "shm-dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Wait until `pred` holds on the shm dump.
+    pub fn wait_dump(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let d = self.dump();
+            if pred(&d) {
+                return d;
+            }
+            assert!(
+                t0.elapsed() < DEADLINE,
+                "timed out waiting for {what}; dump: {d:#}\nlog:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.dump()["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// SIGTERM and wait for exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take().unwrap();
+        signal(child.id(), libc::SIGTERM);
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st.code();
+            }
+            assert!(t0.elapsed() < DEADLINE, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), libc::SIGKILL);
+            let _ = c.wait();
+            // Workers die with their parent (PR_SET_PDEATHSIG); the shm file is ours to clean.
+            let _ = std::fs::remove_file(&self.shm);
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) takes plain integers; no memory is shared.
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// A SIP OPTIONS request from `from` to `to`.
+pub fn options_request(from: SocketAddr, to: SocketAddr, n: u32) -> String {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-t{n};rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:test@{from}>;tag=f{n}\r\nTo: <sip:{to}>\r\nCall-ID: call-{n}@test\r\nCSeq: {n} OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A client socket on `ip`.
+pub fn client(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind((ip, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Send one OPTIONS and wait for its reply (matched by Call-ID); None when none came within 5 s.
+pub fn options(sock: &UdpSocket, to: SocketAddr, n: u32) -> Option<String> {
+    let req = options_request(sock.local_addr().unwrap(), to, n);
+    sock.send_to(req.as_bytes(), to).unwrap();
+    recv_reply(sock, n)
+}
+
+pub fn recv_reply(sock: &UdpSocket, n: u32) -> Option<String> {
+    let want = format!("call-{n}@test");
+    let mut buf = [0u8; 65536];
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((len, _)) => {
+                let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                if text.contains(&want) {
+                    return Some(text);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+pub fn udp(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse::<IpAddr>().unwrap(), port)
+}
+
+/// Read a whole child output pipe (for tools like sipp).
+pub fn read_all(mut r: impl Read) -> String {
+    let mut s = String::new();
+    let _ = r.read_to_string(&mut s);
+    s
+}
