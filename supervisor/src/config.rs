@@ -10,6 +10,7 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -23,6 +24,89 @@ pub struct Config {
     pub shm: Shm,
     /// `[sip]`: what the SIP handler answers.
     pub sip: Sip,
+    /// `[tcp]`: the stream workers and connection limits (TCP, TLS, WS, WSS).
+    pub tcp: Tcp,
+    /// `[tls]`: certificates for `tls` and `wss` sockets.
+    pub tls: Tls,
+    /// `[general]`: process-wide settings.
+    pub general: General,
+}
+
+/// `[tcp]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tcp {
+    /// Stream worker processes (fixed pool).
+    pub workers: u32,
+    /// Largest SIP header section accepted on a stream, in bytes.
+    pub max_message_size: u32,
+    /// How long connections of a removed socket may go on.
+    pub drain_timeout: Duration,
+    /// A connection with no complete message for this long is closed.
+    pub connection_lifetime: Duration,
+    /// Most open connections in all; past it new ones are refused.
+    pub max_connections: u32,
+}
+
+impl Default for Tcp {
+    fn default() -> Self {
+        Tcp {
+            workers: 4,
+            max_message_size: 65535,
+            drain_timeout: Duration::from_secs(30),
+            connection_lifetime: Duration::from_secs(120),
+            max_connections: 4096,
+        }
+    }
+}
+
+/// Certificate settings of one TLS context: `[tls]` itself, or a `[tls.tag.<TAG>]` override.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsCert {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub private_key: Option<PathBuf>,
+    /// PEM CA certificates to verify clients with.
+    pub ca_list: Option<PathBuf>,
+    /// Ask clients for a certificate and refuse those without a valid one.
+    pub require_client_cert: bool,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The default certificate settings.
+    pub default: TlsCert,
+    /// Per-tag certificate settings (`[tls.tag.<TAG>]`): a socket with that tag presents these.
+    pub tags: std::collections::BTreeMap<String, TlsCert>,
+    /// A handshake not finished within this is dropped.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls { default: TlsCert::default(), tags: Default::default(), handshake_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl Tls {
+    /// The certificate settings a socket with `tag` uses.
+    pub fn for_tag(&self, tag: Option<&str>) -> &TlsCert {
+        tag.and_then(|t| self.tags.get(t)).unwrap_or(&self.default)
+    }
+}
+
+/// `[general]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct General {
+    /// User to run as after start-up (when started as root).
+    pub user: Option<String>,
+    /// Group to run as after start-up.
+    pub group: Option<String>,
 }
 
 /// What to do with a table that has bad rows.
@@ -70,6 +154,8 @@ pub struct SocketsMgm {
     pub max_sockets: u32,
     /// Bad rows: reject the table (default) or skip them.
     pub invalid_rows: InvalidRows,
+    /// Longest a database connect or query may take before the reload fails.
+    pub db_timeout: Duration,
 }
 
 impl Default for SocketsMgm {
@@ -85,6 +171,7 @@ impl Default for SocketsMgm {
             processes: 8,
             max_sockets: 100,
             invalid_rows: InvalidRows::Reject,
+            db_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -256,7 +343,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A section the program does not know.
-    #[error("{file}: unknown section [{section}] (known: sockets_mgm, mi_fifo, shm, sip)")]
+    #[error("{file}: unknown section [{section}] (known: sockets_mgm, mi_fifo, shm, sip, tcp, tls, general)")]
     UnknownSection {
         /// The file.
         file: String,
@@ -380,6 +467,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
                                 _ => return Err(field.invalid("must be \"reject\" or \"skip\"")),
                             }
                         }
+                        "db_timeout" => s.db_timeout = field.seconds()?,
                         _ => return Err(field.unknown(SOCKETS_MGM_KEYS)),
                     }
                 }
@@ -409,6 +497,43 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
                     "reply_reason" => config.sip.reply_reason = field.string()?,
                     _ => return Err(field.unknown(SIP_KEYS)),
                 },
+                "tcp" => {
+                    let t = &mut config.tcp;
+                    match key.as_str() {
+                        "workers" => t.workers = field.u32()?,
+                        "max_message_size" => t.max_message_size = field.u32()?,
+                        "drain_timeout" => t.drain_timeout = field.seconds()?,
+                        "connection_lifetime" => t.connection_lifetime = field.seconds()?,
+                        "max_connections" => t.max_connections = field.u32()?,
+                        _ => return Err(field.unknown(TCP_KEYS)),
+                    }
+                }
+                "tls" => match key.as_str() {
+                    "handshake_timeout" => config.tls.handshake_timeout = field.seconds()?,
+                    "tag" => {
+                        let Some(tags) = v.as_table() else {
+                            return Err(field.wrong_type("a table of [tls.tag.<TAG>] sections"));
+                        };
+                        for (tag, keys) in tags {
+                            let section = format!("tls.tag.{tag}");
+                            let Some(keys) = keys.as_table() else {
+                                return Err(Field { file, section: &section, key: "", value: keys }
+                                    .wrong_type("a section ([tls.tag.<TAG>] followed by keys)"));
+                            };
+                            let mut cert = TlsCert::default();
+                            for (key, v) in keys {
+                                tls_cert_key(&mut cert, &Field { file, section: &section, key, value: v })?;
+                            }
+                            config.tls.tags.insert(tag.clone(), cert);
+                        }
+                    }
+                    _ => tls_cert_key(&mut config.tls.default, &field)?,
+                },
+                "general" => match key.as_str() {
+                    "user" => config.general.user = Some(field.string()?),
+                    "group" => config.general.group = Some(field.string()?),
+                    _ => return Err(field.unknown(GENERAL_KEYS)),
+                },
                 _ => {
                     return Err(ConfigError::UnknownSection {
                         file: f(file),
@@ -429,7 +554,23 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-const SECTIONS: &[&str] = &["sockets_mgm", "mi_fifo", "shm", "sip"];
+const SECTIONS: &[&str] = &["sockets_mgm", "mi_fifo", "shm", "sip", "tcp", "tls", "general"];
+const TCP_KEYS: &[&str] = &["workers", "max_message_size", "drain_timeout", "connection_lifetime", "max_connections"];
+const TLS_KEYS: &[&str] = &["certificate", "private_key", "ca_list", "require_client_cert", "handshake_timeout", "tag"];
+const TLS_TAG_KEYS: &[&str] = &["certificate", "private_key", "ca_list", "require_client_cert"];
+const GENERAL_KEYS: &[&str] = &["user", "group"];
+
+/// One key of `[tls]` or `[tls.tag.<TAG>]` that sets certificate material.
+fn tls_cert_key(cert: &mut TlsCert, field: &Field<'_>) -> Result<(), ConfigError> {
+    match field.key {
+        "certificate" => cert.certificate = Some(field.string()?.into()),
+        "private_key" => cert.private_key = Some(field.string()?.into()),
+        "ca_list" => cert.ca_list = Some(field.string()?.into()),
+        "require_client_cert" => cert.require_client_cert = field.boolean()?,
+        _ => return Err(field.unknown(if field.section == "tls" { TLS_KEYS } else { TLS_TAG_KEYS })),
+    }
+    Ok(())
+}
 const SOCKETS_MGM_KEYS: &[&str] = &[
     "db_url",
     "table_name",
@@ -441,6 +582,7 @@ const SOCKETS_MGM_KEYS: &[&str] = &[
     "processes",
     "max_sockets",
     "invalid_rows",
+    "db_timeout",
 ];
 const MI_FIFO_KEYS: &[&str] = &["fifo_name", "fifo_mode", "reply_dir"];
 const SHM_KEYS: &[&str] = &["path"];
@@ -508,6 +650,23 @@ impl Field<'_> {
                 expected: "a string",
             }),
         }
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        self.value.as_bool().ok_or_else(|| self.wrong_type("true or false"))
+    }
+
+    /// A positive duration in seconds, integer or fractional.
+    fn seconds(&self) -> Result<Duration, ConfigError> {
+        let secs = match self.value {
+            toml::Value::Integer(n) => *n as f64,
+            toml::Value::Float(x) => *x,
+            _ => return Err(self.wrong_type("a number of seconds")),
+        };
+        if !(secs > 0.0 && secs <= 86_400.0) {
+            return Err(self.invalid("must be more than 0 and at most 86400 seconds"));
+        }
+        Ok(Duration::from_secs_f64(secs))
     }
 
     fn integer(&self) -> Result<i64, ConfigError> {
@@ -618,6 +777,39 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        let t = &self.tcp;
+        if t.workers == 0 || t.workers > MAX_PROCESSES {
+            return Err(invalid("tcp.workers", t.workers.to_string(), format!("must be between 1 and {MAX_PROCESSES}")));
+        }
+        if !(256..=1_048_576).contains(&t.max_message_size) {
+            return Err(invalid("tcp.max_message_size", t.max_message_size.to_string(), "must be between 256 and 1048576 bytes".into()));
+        }
+        if t.max_connections == 0 {
+            return Err(invalid("tcp.max_connections", "0".into(), "must be at least 1".into()));
+        }
+        for (name, cert) in std::iter::once(("tls".to_string(), &self.tls.default))
+            .chain(self.tls.tags.iter().map(|(t, c)| (format!("tls.tag.{t}"), c)))
+        {
+            if cert.certificate.is_some() != cert.private_key.is_some() {
+                return Err(invalid(
+                    &format!("{name}.certificate"),
+                    cert.certificate.as_ref().map_or("(none)".into(), |p| quoted(&p.display().to_string())),
+                    "certificate and private_key go together".into(),
+                ));
+            }
+            if cert.require_client_cert && cert.ca_list.is_none() {
+                return Err(invalid(
+                    &format!("{name}.require_client_cert"),
+                    "true".into(),
+                    "needs ca_list to verify client certificates with".into(),
+                ));
+            }
+        }
+        for (key, v) in [("general.user", &self.general.user), ("general.group", &self.general.group)] {
+            if v.as_deref() == Some("") {
+                return Err(invalid(key, "\"\"".into(), "must not be empty".into()));
+            }
+        }
         let sip = &self.sip;
         if !(100..=699).contains(&sip.reply_code) {
             return Err(invalid(
@@ -676,6 +868,64 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stream_tls_and_general_sections() {
+        let c = parse(
+            r#"
+[sockets_mgm]
+db_timeout = 2.5
+[tcp]
+workers = 2
+max_message_size = 4096
+drain_timeout = 3
+connection_lifetime = 1.5
+max_connections = 10
+[tls]
+certificate = "/c.pem"
+private_key = "/k.pem"
+handshake_timeout = 4
+[tls.tag.tenant-a]
+certificate = "/a.pem"
+private_key = "/ak.pem"
+[general]
+user = "nobody"
+group = "nogroup"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.sockets_mgm.db_timeout, Duration::from_millis(2500));
+        assert_eq!(c.tcp.workers, 2);
+        assert_eq!(c.tcp.connection_lifetime, Duration::from_millis(1500));
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(4));
+        assert_eq!(c.tls.for_tag(Some("tenant-a")).certificate.as_deref(), Some(Path::new("/a.pem")));
+        assert_eq!(c.tls.for_tag(Some("other")).certificate.as_deref(), Some(Path::new("/c.pem")));
+        assert_eq!(c.tls.for_tag(None).private_key.as_deref(), Some(Path::new("/k.pem")));
+        assert_eq!(c.general.user.as_deref(), Some("nobody"));
+        let d = Config::default();
+        assert_eq!((d.tcp.workers, d.tcp.max_message_size, d.tcp.max_connections), (4, 65535, 4096));
+        assert_eq!((d.tcp.drain_timeout, d.tcp.connection_lifetime), (Duration::from_secs(30), Duration::from_secs(120)));
+        assert_eq!(d.sockets_mgm.db_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn stream_tls_and_general_refusals_name_the_key() {
+        for (text, key) in [
+            ("[tcp]\nworkers = 0", "tcp.workers"),
+            ("[tcp]\ndrain_timeout = -1", "tcp.drain_timeout"),
+            ("[tcp]\nconnection_lifetime = \"long\"", "tcp.connection_lifetime"),
+            ("[tcp]\nbogus = 1", "tcp.bogus"),
+            ("[tls]\ncertificate = \"/c.pem\"", "tls.certificate"),
+            ("[tls]\nrequire_client_cert = true", "tls.require_client_cert"),
+            ("[tls.tag.x]\nhandshake_timeout = 3", "tls.tag.x.handshake_timeout"),
+            ("[general]\nuser = \"\"", "general.user"),
+            ("[sockets_mgm]\ndb_timeout = 0", "sockets_mgm.db_timeout"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(key), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -218,6 +218,7 @@ impl Pool {
         let setup = ToWorker::Setup {
             reply_code,
             reply_reason,
+            stream: Default::default(),
         };
         let sent = send(w, &setup.encode(), &[shm.file().as_fd()])
             .and_then(|_| send_adds(w, generation, served))

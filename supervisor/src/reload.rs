@@ -112,6 +112,7 @@ impl Running {
             local: self.def.identity().1,
             contact: self.def.advertised_or_bound(),
             tag: self.def.tag.clone(),
+            tls: None,
         }
     }
 

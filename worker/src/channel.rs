@@ -197,9 +197,10 @@ impl AsFd for Channel {
 /// How many fds a message to a worker carries.
 pub fn fds_carried(msg: &ToWorker) -> usize {
     match msg {
-        ToWorker::Setup { .. } => 1,
+        ToWorker::Setup { .. } | ToWorker::Conn { .. } => 1,
         ToWorker::Add { sockets, .. } => sockets.len(),
-        ToWorker::Update { .. }
+        ToWorker::Describe { .. }
+        | ToWorker::Update { .. }
         | ToWorker::Remove { .. }
         | ToWorker::Commit { .. }
         | ToWorker::Shutdown => 0,
@@ -212,6 +213,8 @@ pub fn message_name(msg: &ToWorker) -> &'static str {
         ToWorker::Setup { .. } => "setup",
         ToWorker::Add { .. } => "add",
         ToWorker::Update { .. } => "update",
+        ToWorker::Describe { .. } => "describe",
+        ToWorker::Conn { .. } => "conn",
         ToWorker::Remove { .. } => "remove",
         ToWorker::Commit { .. } => "commit",
         ToWorker::Shutdown => "shutdown",

@@ -32,6 +32,61 @@ pub struct SocketInfo {
     pub contact: String,
     /// The row's tag, if any.
     pub tag: Option<String>,
+    /// Certificate material for `tls` and `wss` sockets (read by the supervisor at each reload, so
+    /// a worker never needs the files or the permission to read them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMaterial>,
+}
+
+/// What a stream worker needs to run TLS on a socket's connections.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsMaterial {
+    /// PEM certificate chain.
+    pub cert_pem: String,
+    /// PEM private key.
+    pub key_pem: String,
+    /// PEM CA certificates that client certificates are verified against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// Refuse clients without a valid certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    /// Never prints the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"***")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .field("require_client_cert", &self.require_client_cert)
+            .finish()
+    }
+}
+
+/// Limits a stream worker applies to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSettings {
+    /// Largest SIP header section accepted on a stream, in bytes.
+    pub max_message_size: u32,
+    /// A connection with no complete message for this long is closed (ms).
+    pub connection_lifetime_ms: u64,
+    /// Connections of a removed socket are closed after this (ms).
+    pub drain_timeout_ms: u64,
+    /// A TLS or WebSocket handshake not finished within this is dropped (ms).
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            max_message_size: 65535,
+            connection_lifetime_ms: 120_000,
+            drain_timeout_ms: 30_000,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// Supervisor to worker.
@@ -45,6 +100,24 @@ pub enum ToWorker {
         reply_code: u16,
         /// Reason phrase of that reply.
         reply_reason: String,
+        /// Stream workers: connection limits (ignored by UDP workers).
+        #[serde(default)]
+        stream: StreamSettings,
+    },
+    /// Stream workers only: the sockets whose connections this worker may be handed (their
+    /// listeners stay in the supervisor). Carries no fd. Also used for in-place updates.
+    Describe {
+        /// Reload generation this belongs to.
+        generation: u64,
+        /// Metadata, keyed by slot.
+        sockets: Vec<SocketInfo>,
+    },
+    /// Stream workers only: serve this accepted connection of socket `slot`. Carries one fd.
+    Conn {
+        /// The listening socket's slot.
+        slot: u32,
+        /// The peer's address, as accept(2) gave it.
+        peer: SocketAddr,
     },
     /// Start serving these sockets; the message carries `sockets.len()` fds, in order.
     Add {
@@ -60,7 +133,8 @@ pub enum ToWorker {
         /// The new metadata, keyed by slot.
         sockets: Vec<SocketInfo>,
     },
-    /// Stop serving these slots and close the worker's copy of their fds.
+    /// Stop serving these slots and close the worker's copy of their fds. For a stream worker: the
+    /// connections of these slots are drained (kept until the peer closes or the drain timeout).
     Remove {
         /// Reload generation this belongs to.
         generation: u64,
@@ -147,6 +221,7 @@ mod tests {
                 local: "127.0.0.1:5070".parse().unwrap(),
                 contact: "1.2.3.4:5070".into(),
                 tag: Some("t".into()),
+                tls: None,
             }],
         };
         assert_eq!(ToWorker::decode(&m.encode()).unwrap(), m);

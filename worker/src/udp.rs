@@ -99,6 +99,7 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
             ToWorker::Setup {
                 reply_code,
                 reply_reason,
+                ..
             },
             mut fds,
         ))) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), fds.pop()),
@@ -246,6 +247,10 @@ impl Worker {
         let reply = match msg {
             ToWorker::Setup { .. } => {
                 log::error!("udp worker {rank}: setup received twice");
+                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            }
+            ToWorker::Describe { .. } | ToWorker::Conn { .. } => {
+                log::error!("udp worker {rank}: a {} message is for stream workers", message_name(&msg));
                 return Ok(Flow::Exit(EXIT_BAD_CONTROL));
             }
             ToWorker::Add {
