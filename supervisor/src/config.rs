@@ -88,7 +88,11 @@ pub struct Tls {
 
 impl Default for Tls {
     fn default() -> Self {
-        Tls { default: TlsCert::default(), tags: Default::default(), handshake_timeout: Duration::from_secs(10) }
+        Tls {
+            default: TlsCert::default(),
+            tags: Default::default(),
+            handshake_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -517,12 +521,25 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
                         for (tag, keys) in tags {
                             let section = format!("tls.tag.{tag}");
                             let Some(keys) = keys.as_table() else {
-                                return Err(Field { file, section: &section, key: "", value: keys }
-                                    .wrong_type("a section ([tls.tag.<TAG>] followed by keys)"));
+                                return Err(Field {
+                                    file,
+                                    section: &section,
+                                    key: "",
+                                    value: keys,
+                                }
+                                .wrong_type("a section ([tls.tag.<TAG>] followed by keys)"));
                             };
                             let mut cert = TlsCert::default();
                             for (key, v) in keys {
-                                tls_cert_key(&mut cert, &Field { file, section: &section, key, value: v })?;
+                                tls_cert_key(
+                                    &mut cert,
+                                    &Field {
+                                        file,
+                                        section: &section,
+                                        key,
+                                        value: v,
+                                    },
+                                )?;
                             }
                             config.tls.tags.insert(tag.clone(), cert);
                         }
@@ -554,10 +571,36 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-const SECTIONS: &[&str] = &["sockets_mgm", "mi_fifo", "shm", "sip", "tcp", "tls", "general"];
-const TCP_KEYS: &[&str] = &["workers", "max_message_size", "drain_timeout", "connection_lifetime", "max_connections"];
-const TLS_KEYS: &[&str] = &["certificate", "private_key", "ca_list", "require_client_cert", "handshake_timeout", "tag"];
-const TLS_TAG_KEYS: &[&str] = &["certificate", "private_key", "ca_list", "require_client_cert"];
+const SECTIONS: &[&str] = &[
+    "sockets_mgm",
+    "mi_fifo",
+    "shm",
+    "sip",
+    "tcp",
+    "tls",
+    "general",
+];
+const TCP_KEYS: &[&str] = &[
+    "workers",
+    "max_message_size",
+    "drain_timeout",
+    "connection_lifetime",
+    "max_connections",
+];
+const TLS_KEYS: &[&str] = &[
+    "certificate",
+    "private_key",
+    "ca_list",
+    "require_client_cert",
+    "handshake_timeout",
+    "tag",
+];
+const TLS_TAG_KEYS: &[&str] = &[
+    "certificate",
+    "private_key",
+    "ca_list",
+    "require_client_cert",
+];
 const GENERAL_KEYS: &[&str] = &["user", "group"];
 
 /// One key of `[tls]` or `[tls.tag.<TAG>]` that sets certificate material.
@@ -567,7 +610,13 @@ fn tls_cert_key(cert: &mut TlsCert, field: &Field<'_>) -> Result<(), ConfigError
         "private_key" => cert.private_key = Some(field.string()?.into()),
         "ca_list" => cert.ca_list = Some(field.string()?.into()),
         "require_client_cert" => cert.require_client_cert = field.boolean()?,
-        _ => return Err(field.unknown(if field.section == "tls" { TLS_KEYS } else { TLS_TAG_KEYS })),
+        _ => {
+            return Err(field.unknown(if field.section == "tls" {
+                TLS_KEYS
+            } else {
+                TLS_TAG_KEYS
+            }))
+        }
     }
     Ok(())
 }
@@ -653,7 +702,9 @@ impl Field<'_> {
     }
 
     fn boolean(&self) -> Result<bool, ConfigError> {
-        self.value.as_bool().ok_or_else(|| self.wrong_type("true or false"))
+        self.value
+            .as_bool()
+            .ok_or_else(|| self.wrong_type("true or false"))
     }
 
     /// A positive duration in seconds, integer or fractional.
@@ -779,21 +830,38 @@ impl Config {
         }
         let t = &self.tcp;
         if t.workers == 0 || t.workers > MAX_PROCESSES {
-            return Err(invalid("tcp.workers", t.workers.to_string(), format!("must be between 1 and {MAX_PROCESSES}")));
+            return Err(invalid(
+                "tcp.workers",
+                t.workers.to_string(),
+                format!("must be between 1 and {MAX_PROCESSES}"),
+            ));
         }
         if !(256..=1_048_576).contains(&t.max_message_size) {
-            return Err(invalid("tcp.max_message_size", t.max_message_size.to_string(), "must be between 256 and 1048576 bytes".into()));
+            return Err(invalid(
+                "tcp.max_message_size",
+                t.max_message_size.to_string(),
+                "must be between 256 and 1048576 bytes".into(),
+            ));
         }
         if t.max_connections == 0 {
-            return Err(invalid("tcp.max_connections", "0".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "tcp.max_connections",
+                "0".into(),
+                "must be at least 1".into(),
+            ));
         }
-        for (name, cert) in std::iter::once(("tls".to_string(), &self.tls.default))
-            .chain(self.tls.tags.iter().map(|(t, c)| (format!("tls.tag.{t}"), c)))
-        {
+        for (name, cert) in std::iter::once(("tls".to_string(), &self.tls.default)).chain(
+            self.tls
+                .tags
+                .iter()
+                .map(|(t, c)| (format!("tls.tag.{t}"), c)),
+        ) {
             if cert.certificate.is_some() != cert.private_key.is_some() {
                 return Err(invalid(
                     &format!("{name}.certificate"),
-                    cert.certificate.as_ref().map_or("(none)".into(), |p| quoted(&p.display().to_string())),
+                    cert.certificate
+                        .as_ref()
+                        .map_or("(none)".into(), |p| quoted(&p.display().to_string())),
                     "certificate and private_key go together".into(),
                 ));
             }
@@ -805,7 +873,10 @@ impl Config {
                 ));
             }
         }
-        for (key, v) in [("general.user", &self.general.user), ("general.group", &self.general.group)] {
+        for (key, v) in [
+            ("general.user", &self.general.user),
+            ("general.group", &self.general.group),
+        ] {
             if v.as_deref() == Some("") {
                 return Err(invalid(key, "\"\"".into(), "must not be empty".into()));
             }
@@ -900,13 +971,28 @@ group = "nogroup"
         assert_eq!(c.tcp.workers, 2);
         assert_eq!(c.tcp.connection_lifetime, Duration::from_millis(1500));
         assert_eq!(c.tls.handshake_timeout, Duration::from_secs(4));
-        assert_eq!(c.tls.for_tag(Some("tenant-a")).certificate.as_deref(), Some(Path::new("/a.pem")));
-        assert_eq!(c.tls.for_tag(Some("other")).certificate.as_deref(), Some(Path::new("/c.pem")));
-        assert_eq!(c.tls.for_tag(None).private_key.as_deref(), Some(Path::new("/k.pem")));
+        assert_eq!(
+            c.tls.for_tag(Some("tenant-a")).certificate.as_deref(),
+            Some(Path::new("/a.pem"))
+        );
+        assert_eq!(
+            c.tls.for_tag(Some("other")).certificate.as_deref(),
+            Some(Path::new("/c.pem"))
+        );
+        assert_eq!(
+            c.tls.for_tag(None).private_key.as_deref(),
+            Some(Path::new("/k.pem"))
+        );
         assert_eq!(c.general.user.as_deref(), Some("nobody"));
         let d = Config::default();
-        assert_eq!((d.tcp.workers, d.tcp.max_message_size, d.tcp.max_connections), (4, 65535, 4096));
-        assert_eq!((d.tcp.drain_timeout, d.tcp.connection_lifetime), (Duration::from_secs(30), Duration::from_secs(120)));
+        assert_eq!(
+            (d.tcp.workers, d.tcp.max_message_size, d.tcp.max_connections),
+            (4, 65535, 4096)
+        );
+        assert_eq!(
+            (d.tcp.drain_timeout, d.tcp.connection_lifetime),
+            (Duration::from_secs(30), Duration::from_secs(120))
+        );
         assert_eq!(d.sockets_mgm.db_timeout, Duration::from_secs(5));
     }
 
@@ -915,11 +1001,20 @@ group = "nogroup"
         for (text, key) in [
             ("[tcp]\nworkers = 0", "tcp.workers"),
             ("[tcp]\ndrain_timeout = -1", "tcp.drain_timeout"),
-            ("[tcp]\nconnection_lifetime = \"long\"", "tcp.connection_lifetime"),
+            (
+                "[tcp]\nconnection_lifetime = \"long\"",
+                "tcp.connection_lifetime",
+            ),
             ("[tcp]\nbogus = 1", "tcp.bogus"),
             ("[tls]\ncertificate = \"/c.pem\"", "tls.certificate"),
-            ("[tls]\nrequire_client_cert = true", "tls.require_client_cert"),
-            ("[tls.tag.x]\nhandshake_timeout = 3", "tls.tag.x.handshake_timeout"),
+            (
+                "[tls]\nrequire_client_cert = true",
+                "tls.require_client_cert",
+            ),
+            (
+                "[tls.tag.x]\nhandshake_timeout = 3",
+                "tls.tag.x.handshake_timeout",
+            ),
             ("[general]\nuser = \"\"", "general.user"),
             ("[sockets_mgm]\ndb_timeout = 0", "sockets_mgm.db_timeout"),
         ] {

@@ -235,6 +235,7 @@ mod tests {
             local,
             contact: local.to_string(),
             tag: None,
+            tls: None,
         }
     }
 

@@ -250,7 +250,10 @@ impl Worker {
                 return Ok(Flow::Exit(EXIT_BAD_CONTROL));
             }
             ToWorker::Describe { .. } | ToWorker::Conn { .. } => {
-                log::error!("udp worker {rank}: a {} message is for stream workers", message_name(&msg));
+                log::error!(
+                    "udp worker {rank}: a {} message is for stream workers",
+                    message_name(&msg)
+                );
                 return Ok(Flow::Exit(EXIT_BAD_CONTROL));
             }
             ToWorker::Add {

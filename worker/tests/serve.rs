@@ -74,6 +74,7 @@ impl Worker {
                 &ToWorker::Setup {
                     reply_code: 503,
                     reply_reason: "Service Unavailable".into(),
+                    stream: Default::default(),
                 },
                 &[shm.table.file().as_fd()],
             )
@@ -202,6 +203,7 @@ fn info(slot: u32, local: SocketAddr, contact: &str) -> SocketInfo {
         local,
         contact: contact.into(),
         tag: None,
+        tls: None,
     }
 }
 
@@ -531,6 +533,7 @@ fn malformed_control_messages_exit_3() {
         ToWorker::Setup {
             reply_code: 503,
             reply_reason: "again".into(),
+            stream: Default::default(),
         },
         &[shm.table.file().as_fd()],
     );
@@ -546,6 +549,7 @@ fn malformed_control_messages_exit_3() {
     let setup = ToWorker::Setup {
         reply_code: 503,
         reply_reason: "x".into(),
+        stream: Default::default(),
     };
     w.channel.send(&setup.encode(), &[]).unwrap();
     assert_eq!(w.exit_status(), worker::EXIT_BAD_CONTROL);
