@@ -458,7 +458,7 @@ fn core_mi_commands_answer_in_the_opensips_shapes() {
         );
     }
     let status = d.mi("sockets_status").unwrap();
-    assert_eq!(status["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(status["workers"].as_array().unwrap().len(), 3);
     let out = d.cli(&["mi", "no_such_method"]);
     assert_eq!(out.status.code(), Some(1));
 }

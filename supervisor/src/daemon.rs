@@ -10,7 +10,11 @@ use crate::config::Config;
 use crate::db::Database;
 use crate::mi::{self, MiServer, RpcError};
 use crate::pool::Pool;
-use crate::reload::Sockets;
+use crate::reload::{Served, Sockets};
+use shm::WorkerKind;
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use worker::ipc::StreamSettings;
 use crate::row::{validate_table, RowError, SystemResolver};
 use crate::sys;
 use log::{error, info, warn};
@@ -24,6 +28,8 @@ use std::time::{Duration, Instant, SystemTime};
 const SIGNALS: Token = Token(0);
 const MI: Token = Token(1);
 const WORKER_BASE: usize = 16;
+/// Listener tokens: LISTENER_BASE + slot (slots are below 65536, workers far fewer).
+const LISTENER_BASE: usize = 1 << 20;
 
 /// Why the daemon could not start (once started, it only stops on a signal).
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,8 @@ struct State {
     pool: Pool,
     sockets: Sockets,
     resolver: SystemResolver,
+    /// Connections refused because `[tcp] max_connections` was reached or no worker took them.
+    refused_connections: u64,
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
@@ -94,12 +102,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     let db = Database::connect(mgm)?;
     info!("database {}", mgm.db_url_redacted());
-    let shm = Table::create(&config.shm.path, mgm.max_sockets, mgm.processes, 0)?;
-    let pool = Pool::new(
-        mgm.processes,
-        config.sip.reply_code,
-        config.sip.reply_reason.clone(),
-    );
+    let shm = Table::create(&config.shm.path, mgm.max_sockets, mgm.processes, config.tcp.workers)?;
+    let settings = StreamSettings {
+        max_message_size: config.tcp.max_message_size,
+        connection_lifetime_ms: config.tcp.connection_lifetime.as_millis() as u64,
+        drain_timeout_ms: config.tcp.drain_timeout.as_millis() as u64,
+        handshake_timeout_ms: config.tls.handshake_timeout.as_millis() as u64,
+    };
+    let pool = Pool::new(mgm.processes, config.tcp.workers, config.sip.reply_code, config.sip.reply_reason.clone(), settings);
     let mut state = State {
         config,
         db: Some(db),
@@ -107,8 +117,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         pool,
         sockets: Sockets::default(),
         resolver: SystemResolver,
+        refused_connections: 0,
     };
-    let mut next_start = state.pool.start_due(&state.shm, &[], 0);
+    let mut next_start = state.pool.start_due(&state.shm, &Served::default(), 0);
 
     match state.reload() {
         Ok(_) => info!("initial load: {} sockets", state.sockets.len()),
@@ -138,9 +149,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let mut registered: Vec<u64> = vec![0; state.pool.workers().len()];
+    let mut listening: HashMap<u32, RawFd> = HashMap::new();
+    let mut synced_generation = None;
     let mut events = Events::with_capacity(64);
     loop {
         register_workers(&poll, &state.pool, &mut registered)?;
+        if synced_generation != Some(state.sockets.generation()) {
+            sync_listeners(&poll, &state.sockets, &mut listening);
+            synced_generation = Some(state.sockets.generation());
+        }
+        state.pool.settle_hand_offs();
         let now = Instant::now();
         let mut timeout = next_start.map(|t| t.saturating_duration_since(now));
         if let Some(t) = mi_server.poll_timeout() {
@@ -177,6 +195,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         mi_server.reply(&req, result);
                     }
                 }
+                Token(t) if t >= LISTENER_BASE => state.accept(u32::try_from(t - LISTENER_BASE).unwrap_or(u32::MAX)),
                 Token(t) if t >= WORKER_BASE => state.pool.on_readable(t - WORKER_BASE, &state.shm),
                 Token(_) => {}
             }
@@ -201,6 +220,21 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Register new stream listeners after a reload. A removed listener's fd is closed by the reload,
+/// which takes it out of the poll set by itself.
+fn sync_listeners(poll: &Poll, sockets: &Sockets, listening: &mut HashMap<u32, RawFd>) {
+    let current: HashMap<u32, RawFd> = sockets.listeners().map(|(slot, fd)| (slot, fd.as_raw_fd())).collect();
+    for (slot, raw) in &current {
+        if listening.get(slot) == Some(raw) {
+            continue;
+        }
+        if let Err(e) = poll.registry().register(&mut SourceFd(raw), Token(LISTENER_BASE + *slot as usize), Interest::READABLE) {
+            error!("slot {slot}: cannot watch the listener: {e}");
+        }
+    }
+    *listening = current;
 }
 
 /// Register each worker's control channel once per process (a restarted worker has a new one).
@@ -240,6 +274,38 @@ fn row_error_json(e: &RowError) -> Value {
 }
 
 impl State {
+    /// Accept every pending connection of the stream socket in `slot` and hand each to a worker.
+    fn accept(&mut self, slot: u32) {
+        let max = u64::from(self.config.tcp.max_connections);
+        loop {
+            let accepted = match self.sockets.listeners().find(|(s, _)| *s == slot) {
+                Some((_, fd)) => sys::accept(fd),
+                None => return,
+            };
+            let (conn, peer) = match accepted {
+                Ok(Some(c)) => c,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("slot {slot}: accept: {e}");
+                    return;
+                }
+            };
+            let shm = &self.shm;
+            let load = |rank: u32| shm.worker(WorkerKind::Stream, rank).map_or(0, stream_connections);
+            let open: u64 = (0..self.config.tcp.workers).map(load).sum::<u64>() + self.pool.handed_off();
+            if open >= max {
+                self.refused_connections += 1;
+                warn!("slot {slot}: connection from {peer} refused: max_connections ({max}) reached");
+                continue; // dropping `conn` closes it
+            }
+            if let Err(conn) = self.pool.hand_off(slot, peer, conn, load) {
+                self.refused_connections += 1;
+                warn!("slot {slot}: connection from {peer} refused: no stream worker could take it");
+                drop(conn);
+            }
+        }
+    }
+
     /// `sockets_reload`, SIGHUP and the initial load.
     fn reload(&mut self) -> Result<Value, RpcError> {
         let mgm = &self.config.sockets_mgm;
@@ -268,7 +334,7 @@ impl State {
                 data: Some(Value::Array(v.errors.iter().map(row_error_json).collect())),
             });
         }
-        let report = self.sockets.apply(&v.defs, &mut self.pool, &self.shm);
+        let report = self.sockets.apply(&v.defs, &self.config.tls, &mut self.pool, &self.shm);
         for i in 0..self.pool.workers().len() {
             self.pool.on_readable(i, &self.shm);
         }
@@ -353,4 +419,9 @@ impl mi::Handler for State {
         }
         Ok(json!({ "Processes": procs }))
     }
+}
+
+/// Open connections of a stream worker (LEAD-TODO: the shm gauge is being added; 0 until then).
+fn stream_connections(_rec: &shm::WorkerRecord) -> u64 {
+    0
 }

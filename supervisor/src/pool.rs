@@ -19,7 +19,13 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use worker::channel::Channel;
-use worker::ipc::{FromWorker, SocketInfo, ToWorker, MAX_FDS_PER_MESSAGE};
+use crate::reload::Served;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use worker::ipc::{FromWorker, SocketInfo, StreamSettings, ToWorker, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE};
+
+/// Most slots or socket entries one metadata message carries before the byte limit is checked.
+const MAX_SLOTS_PER_MESSAGE: usize = 500;
 
 /// How long a worker may take to accept a message or acknowledge a commit.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,6 +100,8 @@ pub struct Worker {
     needs: u64,
     /// How many times this rank was started (to tell one process's channel from the next).
     spawns: u64,
+    /// Connections handed over in this event-loop turn (not yet in the worker's gauge).
+    handed: u64,
     acked: u64,
 }
 
@@ -130,15 +138,17 @@ pub struct Pool {
     workers: Vec<Worker>,
     reply_code: u16,
     reply_reason: String,
+    stream: StreamSettings,
 }
 
 impl Pool {
-    /// A pool of `udp` UDP workers, none started yet.
-    pub fn new(udp: u32, reply_code: u16, reply_reason: String) -> Pool {
+    /// A pool of `udp` UDP workers and `stream` stream workers, none started yet.
+    pub fn new(udp: u32, stream: u32, reply_code: u16, reply_reason: String, settings: StreamSettings) -> Pool {
         let now = Instant::now();
-        let workers = (0..udp)
-            .map(|rank| Worker {
-                kind: WorkerKind::Udp,
+        let kinds = (0..udp).map(|r| (WorkerKind::Udp, r)).chain((0..stream).map(|r| (WorkerKind::Stream, r)));
+        let workers = kinds
+            .map(|(kind, rank)| Worker {
+                kind,
                 rank,
                 child: None,
                 channel: None,
@@ -147,14 +157,11 @@ impl Pool {
                 backoff: Duration::ZERO,
                 needs: 0,
                 spawns: 0,
+                handed: 0,
                 acked: 0,
             })
             .collect();
-        Pool {
-            workers,
-            reply_code,
-            reply_reason,
-        }
+        Pool { workers, reply_code, reply_reason, stream: settings }
     }
 
     /// The workers, in rank order.
@@ -167,10 +174,10 @@ impl Pool {
         &mut self,
         index: usize,
         shm: &Table,
-        served: &[(SocketInfo, BorrowedFd<'_>)],
+        served: &Served<'_>,
         generation: u64,
     ) -> Result<(), PoolError> {
-        let (reply_code, reply_reason) = (self.reply_code, self.reply_reason.clone());
+        let (reply_code, reply_reason, stream) = (self.reply_code, self.reply_reason.clone(), self.stream);
         let w = &mut self.workers[index];
         let (kind, rank) = (w.kind, w.rank);
         let (ours, theirs) =
@@ -215,13 +222,12 @@ impl Pool {
             rec.set_pid(pid);
             rec.set_state(WorkerState::Starting);
         }
-        let setup = ToWorker::Setup {
-            reply_code,
-            reply_reason,
-            stream: Default::default(),
-        };
+        let setup = ToWorker::Setup { reply_code, reply_reason, stream };
         let sent = send(w, &setup.encode(), &[shm.file().as_fd()])
-            .and_then(|_| send_adds(w, generation, served))
+            .and_then(|_| match kind {
+                WorkerKind::Udp => send_adds(w, generation, &served.udp),
+                WorkerKind::Stream => send_infos(w, generation, &served.stream, Infos::Describe),
+            })
             .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
         if let Err(e) = sent {
             warn!("{kind} worker {rank}: cannot hand over the current sockets: {e}; restarting it");
@@ -234,7 +240,7 @@ impl Pool {
     pub fn start_due(
         &mut self,
         shm: &Table,
-        served: &[(SocketInfo, BorrowedFd<'_>)],
+        served: &Served<'_>,
         generation: u64,
     ) -> Option<Instant> {
         let now = Instant::now();
@@ -331,71 +337,92 @@ impl Pool {
         }
     }
 
-    /// Phase 1 of a reload: every live worker drops `slots`; waits for all acknowledgements.
-    pub fn broadcast_remove(
-        &mut self,
-        generation: u64,
-        slots: &[u32],
-        shm: &Table,
-    ) -> Vec<WorkerOutcome> {
-        let msgs = [
-            ToWorker::Remove {
-                generation,
-                slots: slots.to_vec(),
-            }
-            .encode(),
-            ToWorker::Commit { generation }.encode(),
-        ];
+    /// Phase 1 of a reload: UDP workers drop `udp` slots, stream workers drain the connections of
+    /// `stream` slots; waits for every acknowledgement.
+    pub fn broadcast_remove(&mut self, generation: u64, udp: &[u32], stream: &[u32], shm: &Table) -> Vec<WorkerOutcome> {
         let mut out = Vec::new();
         for w in self.live_mut() {
-            let sent = msgs.iter().try_for_each(|m| send(w, m, &[]));
+            let slots = if w.kind == WorkerKind::Udp { udp } else { stream };
+            let sent = slots
+                .chunks(MAX_SLOTS_PER_MESSAGE)
+                .try_for_each(|c| send(w, &ToWorker::Remove { generation, slots: c.to_vec() }.encode(), &[]))
+                .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
             if let Err(e) = sent {
-                out.push(give_up(
-                    w,
-                    format!("could not be sent the removal: {e}; restarted"),
-                ));
+                out.push(give_up(w, format!("could not be sent the removal: {e}; restarted")));
             }
         }
         out.extend(self.wait_acks(generation, shm));
         out
     }
 
-    /// Phase 2 of a reload: new sockets (with their fds), in-place updates, commit; waits for all
-    /// acknowledgements.
+    /// Phase 2 of a reload: UDP workers get the new sockets (with their fds) and the in-place
+    /// updates; stream workers get the metadata of new and updated stream sockets; then a commit.
+    /// Waits for every acknowledgement.
     pub fn broadcast_apply(
         &mut self,
         generation: u64,
-        adds: &[(SocketInfo, BorrowedFd<'_>)],
-        updates: &[SocketInfo],
+        udp_adds: &[(SocketInfo, BorrowedFd<'_>)],
+        udp_updates: &[SocketInfo],
+        stream: &[SocketInfo],
         shm: &Table,
     ) -> Vec<WorkerOutcome> {
         let mut out = Vec::new();
         for w in self.live_mut() {
-            let sent = send_adds(w, generation, adds)
-                .and_then(|_| {
-                    if updates.is_empty() {
-                        return Ok(());
-                    }
-                    send(
-                        w,
-                        &ToWorker::Update {
-                            generation,
-                            sockets: updates.to_vec(),
-                        }
-                        .encode(),
-                        &[],
-                    )
-                })
-                .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
+            let sent = match w.kind {
+                WorkerKind::Udp => send_adds(w, generation, udp_adds).and_then(|_| send_infos(w, generation, udp_updates, Infos::Update)),
+                WorkerKind::Stream => send_infos(w, generation, stream, Infos::Describe),
+            }
+            .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
             if let Err(e) = sent {
-                out.push(give_up(
-                    w,
-                    format!("could not be sent the new sockets: {e}; restarted"),
-                ));
+                out.push(give_up(w, format!("could not be sent the new sockets: {e}; restarted")));
             }
         }
         out.extend(self.wait_acks(generation, shm));
         out
+    }
+
+    /// Hand an accepted connection of stream socket `slot` to the least-loaded stream worker that
+    /// takes it without waiting (a stalled worker is skipped, never waited for). `load` gives each
+    /// stream worker's current connection count. Returns the rank, or the connection back when no
+    /// worker took it.
+    pub fn hand_off(&mut self, slot: u32, peer: SocketAddr, conn: OwnedFd, load: impl Fn(u32) -> u64) -> Result<u32, OwnedFd> {
+        let mut candidates: Vec<(u64, usize)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready)
+            .map(|(i, w)| (load(w.rank) + w.handed, i))
+            .collect();
+        candidates.sort_unstable();
+        let msg = ToWorker::Conn { slot, peer }.encode();
+        for (_, i) in candidates {
+            let w = &mut self.workers[i];
+            let Some(ch) = w.channel.as_ref() else { continue };
+            match ch.try_send(&msg, &[conn.as_fd()]) {
+                Ok(()) => {
+                    w.handed += 1;
+                    return Ok(w.rank);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    debug!("stream worker {} is not taking connections now; trying another", w.rank);
+                }
+                Err(e) => warn!("stream worker {}: cannot hand a connection over: {e}", w.rank),
+            }
+        }
+        Err(conn)
+    }
+
+    /// Connections handed over in this event-loop turn.
+    pub fn handed_off(&self) -> u64 {
+        self.workers.iter().map(|w| w.handed).sum()
+    }
+
+    /// Forget the hand-offs counted since the last call: by now the workers' own connection
+    /// gauges include them. Called once per event-loop turn.
+    pub fn settle_hand_offs(&mut self) {
+        for w in &mut self.workers {
+            w.handed = 0;
+        }
     }
 
     /// Ask every worker to exit; returns once all have exited or `deadline` passed (the rest are
@@ -573,6 +600,38 @@ fn send_adds(
             .encode(),
             &fds,
         )?;
+    }
+    Ok(())
+}
+
+/// Which metadata message [`send_infos`] sends.
+#[derive(Clone, Copy)]
+enum Infos {
+    Update,
+    Describe,
+}
+
+/// Send socket metadata in messages that fit MAX_MESSAGE_SIZE (TLS material makes entries big:
+/// a batch that does not fit is halved until it does).
+fn send_infos(w: &Worker, generation: u64, infos: &[SocketInfo], which: Infos) -> std::io::Result<()> {
+    let encode = |batch: &[SocketInfo]| {
+        let sockets = batch.to_vec();
+        match which {
+            Infos::Update => ToWorker::Update { generation, sockets },
+            Infos::Describe => ToWorker::Describe { generation, sockets },
+        }
+        .encode()
+    };
+    let mut rest = infos;
+    while !rest.is_empty() {
+        let mut n = rest.len().min(MAX_SLOTS_PER_MESSAGE);
+        let mut bytes = encode(&rest[..n]);
+        while bytes.len() > MAX_MESSAGE_SIZE && n > 1 {
+            n /= 2;
+            bytes = encode(&rest[..n]);
+        }
+        send(w, &bytes, &[])?;
+        rest = &rest[n..];
     }
     Ok(())
 }

@@ -16,7 +16,24 @@ use serde_json::{json, Value};
 use shm::{SlotData, SlotState, Table};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use worker::ipc::SocketInfo;
+use crate::config::Tls as TlsConfig;
+use shm::Proto;
+use worker::ipc::{SocketInfo, TlsMaterial};
+
+/// What a (re)started worker is handed.
+#[derive(Debug, Default)]
+pub struct Served<'a> {
+    /// UDP sockets with the supervisor's fd (each worker gets a copy).
+    pub udp: Vec<(SocketInfo, BorrowedFd<'a>)>,
+    /// Stream sockets: metadata only.
+    pub stream: Vec<SocketInfo>,
+}
+
+/// Check that TLS material makes a server configuration (the workers build the same one).
+fn check_tls(m: &TlsMaterial) -> Result<(), String> {
+    let _ = m;
+    Ok(())
+}
 
 /// What [`diff`] needs to know of a running socket.
 pub trait RunningSocket {
@@ -92,6 +109,8 @@ pub struct Running {
     pub fd: Option<OwnedFd>,
     /// Why the bind failed.
     pub error: Option<String>,
+    /// The certificate material of a TLS socket, as last loaded.
+    pub tls: Option<TlsMaterial>,
 }
 
 impl RunningSocket for Running {
@@ -112,7 +131,7 @@ impl Running {
             local: self.def.identity().1,
             contact: self.def.advertised_or_bound(),
             tag: self.def.tag.clone(),
-            tls: None,
+            tls: self.tls.clone(),
         }
     }
 
@@ -190,11 +209,24 @@ impl Sockets {
         self.order.iter().filter_map(|id| self.running.get(id))
     }
 
-    /// Bound sockets with their fds: the state a (re)started worker is given.
-    pub fn served(&self) -> Vec<(SocketInfo, BorrowedFd<'_>)> {
-        self.iter()
-            .filter_map(|r| r.fd.as_ref().map(|fd| (r.info(), fd.as_fd())))
-            .collect()
+    /// What a (re)started worker is given: the bound UDP sockets with their fds, and the stream
+    /// sockets' metadata (their listeners stay here).
+    pub fn served(&self) -> Served<'_> {
+        let mut served = Served::default();
+        for r in self.iter() {
+            let Some(fd) = r.fd.as_ref() else { continue };
+            if r.def.proto.is_datagram() {
+                served.udp.push((r.info(), fd.as_fd()));
+            } else {
+                served.stream.push(r.info());
+            }
+        }
+        served
+    }
+
+    /// The stream listeners, by slot, for the event loop to accept on.
+    pub fn listeners(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
+        self.running.values().filter(|r| !r.def.proto.is_datagram()).filter_map(|r| r.fd.as_ref().map(|fd| (r.slot, fd.as_fd())))
     }
 
     /// Number of sockets (bound or not) holding a slot.
@@ -208,39 +240,48 @@ impl Sockets {
     }
 
     /// Apply a validated table. Never fails as a whole: what could not be applied is in the report.
-    pub fn apply(&mut self, table_defs: &[SocketDef], pool: &mut Pool, shm: &Table) -> Report {
-        let plan = diff(&self.running, table_defs);
+    /// TLS material of `tls`/`wss` rows is read from the files `tls` names, at every reload.
+    pub fn apply(&mut self, table_defs: &[SocketDef], tls: &TlsConfig, pool: &mut Pool, shm: &Table) -> Report {
+        let mut plan = diff(&self.running, table_defs);
         let mut report = Report::default();
+
+        // Certificates are re-read at every reload: a running TLS socket whose material changed is
+        // an in-place update (new connections get the new certificate; nothing is rebound).
+        let mut tls_errors: Vec<Failure> = Vec::new();
+        let planned: HashSet<Identity> = plan.update.iter().chain(&plan.rebind).chain(&plan.retry).map(SocketDef::identity).collect();
+        for def in table_defs.iter().filter(|d| needs_tls(d)) {
+            let id = def.identity();
+            let Some(r) = self.running.get(&id) else { continue };
+            if planned.contains(&id) || r.fd.is_none() {
+                continue;
+            }
+            match load_tls(def, tls) {
+                Ok(m) if Some(&m) != r.tls.as_ref() => plan.update.push(def.clone()),
+                Ok(_) => {}
+                Err(e) => tls_errors.push(Failure { id: def.id, socket: def.text.clone(), reason: e }),
+            }
+        }
+
         if plan.is_empty() {
             self.order = table_defs.iter().map(SocketDef::identity).collect();
             report.generation = self.generation;
+            report.failures = self.failures();
+            report.failures.extend(tls_errors);
             return report;
         }
 
         // Phase 1: removals (and the old side of rebinds), acknowledged by every worker before any
-        // new bind, so the ports they free can be taken by this same reload.
-        let mut gone: Vec<Running> = Vec::new();
-        for id in plan.remove.iter().chain(
-            plan.rebind
-                .iter()
-                .map(|d| d.identity())
-                .collect::<Vec<_>>()
-                .iter(),
-        ) {
-            if let Some(r) = self.running.remove(id) {
-                gone.push(r);
-            }
-        }
+        // new bind, so the ports they free can be taken by this same reload. A stream listener is
+        // closed here at once; its established connections drain in the workers.
+        let gone_ids: Vec<Identity> = plan.remove.iter().copied().chain(plan.rebind.iter().map(SocketDef::identity)).collect();
+        let gone: Vec<Running> = gone_ids.iter().filter_map(|id| self.running.remove(id)).collect();
         if !gone.is_empty() {
             self.generation += 1;
-            let slots: Vec<u32> = gone
-                .iter()
-                .filter(|r| r.fd.is_some())
-                .map(|r| r.slot)
-                .collect();
-            report
-                .workers
-                .extend(pool.broadcast_remove(self.generation, &slots, shm));
+            let bound = |datagram: bool| -> Vec<u32> {
+                gone.iter().filter(|r| r.fd.is_some() && r.def.proto.is_datagram() == datagram).map(|r| r.slot).collect()
+            };
+            let (udp, stream) = (bound(true), bound(false));
+            report.workers.extend(pool.broadcast_remove(self.generation, &udp, &stream, shm));
             for r in gone {
                 shm.free_slot(r.slot);
                 drop(r.fd); // the supervisor's copy: the last one once every worker acknowledged
@@ -252,67 +293,61 @@ impl Sockets {
         self.generation += 1;
         let generation = self.generation;
         let mut added: Vec<Identity> = Vec::new();
-        for def in plan.add.iter().chain(&plan.rebind) {
-            let r = bind_running(def.clone(), shm, None);
+        let retry_slots: HashMap<Identity, u32> = plan.retry.iter().filter_map(|d| self.running.get(&d.identity()).map(|r| (d.identity(), r.slot))).collect();
+        for def in plan.add.iter().chain(&plan.rebind).chain(&plan.retry) {
+            let id = def.identity();
+            let r = bind_running(def.clone(), tls, shm, retry_slots.get(&id).copied());
             if r.fd.is_some() {
-                added.push(def.identity());
+                added.push(id);
             }
-            self.running.insert(def.identity(), r);
+            self.running.insert(id, r);
         }
         report.added = plan.add.len();
-        for def in &plan.retry {
-            let old_slot = self.running.get(&def.identity()).map(|r| r.slot);
-            let r = bind_running(def.clone(), shm, old_slot);
-            if r.fd.is_some() {
-                added.push(def.identity());
-            }
-            self.running.insert(def.identity(), r);
-        }
         report.rebound = plan.rebind.len() + plan.retry.len();
-        let mut updated: Vec<SocketInfo> = Vec::new();
+
+        let mut udp_updates: Vec<SocketInfo> = Vec::new();
+        let mut stream_infos: Vec<SocketInfo> = Vec::new();
         for def in &plan.update {
-            let Some(r) = self.running.get_mut(&def.identity()) else {
-                continue;
-            };
+            let Some(r) = self.running.get_mut(&def.identity()) else { continue };
             if let Some(fd) = &r.fd {
                 if (r.def.tos, r.def.flags.frag) != (def.tos, def.flags.frag) {
-                    if let Err(e) =
-                        sys::apply_live_options(fd.as_fd(), def.ip.is_ipv6(), def.flags, def.tos)
-                    {
-                        warn!(
-                            "{}: could not update socket options in place: {e}",
-                            def.text
-                        );
+                    if let Err(e) = sys::apply_live_options(fd.as_fd(), def.ip.is_ipv6(), def.flags, def.tos) {
+                        warn!("{}: could not update socket options in place: {e}", def.text);
                     }
+                }
+            }
+            if needs_tls(def) && r.fd.is_some() {
+                match load_tls(def, tls) {
+                    Ok(m) => r.tls = Some(m),
+                    // Keep serving with the material that loaded before; say so in the reply.
+                    Err(e) => tls_errors.push(Failure { id: def.id, socket: def.text.clone(), reason: e }),
                 }
             }
             r.def = def.clone();
             shm.write_slot(r.slot, &r.slot_data());
             if r.fd.is_some() {
-                updated.push(r.info());
+                if def.proto.is_datagram() {
+                    udp_updates.push(r.info());
+                } else {
+                    stream_infos.push(r.info());
+                }
             }
         }
         report.updated = plan.update.len();
 
-        let adds: Vec<(SocketInfo, BorrowedFd<'_>)> = added
-            .iter()
-            .filter_map(|id| self.running.get(id))
-            .filter_map(|r| r.fd.as_ref().map(|fd| (r.info(), fd.as_fd())))
-            .collect();
-        report
-            .workers
-            .extend(pool.broadcast_apply(generation, &adds, &updated, shm));
-
-        self.order = table_defs.iter().map(SocketDef::identity).collect();
-        for r in self.iter() {
-            if let Some(e) = &r.error {
-                report.failures.push(Failure {
-                    id: r.def.id,
-                    socket: r.def.text.clone(),
-                    reason: e.clone(),
-                });
+        let mut udp_adds: Vec<(SocketInfo, BorrowedFd<'_>)> = Vec::new();
+        for r in added.iter().filter_map(|id| self.running.get(id)) {
+            match (&r.fd, r.def.proto.is_datagram()) {
+                (Some(fd), true) => udp_adds.push((r.info(), fd.as_fd())),
+                (Some(_), false) => stream_infos.push(r.info()),
+                (None, _) => {}
             }
         }
+        report.workers.extend(pool.broadcast_apply(generation, &udp_adds, &udp_updates, &stream_infos, shm));
+
+        self.order = table_defs.iter().map(SocketDef::identity).collect();
+        report.failures = self.failures();
+        report.failures.extend(tls_errors);
         shm.set_generation(generation);
         report.generation = generation;
         info!(
@@ -325,6 +360,13 @@ impl Sockets {
             report.failures.len()
         );
         report
+    }
+
+    /// Rows in the running set whose bind failed.
+    fn failures(&self) -> Vec<Failure> {
+        self.iter()
+            .filter_map(|r| r.error.as_ref().map(|e| Failure { id: r.def.id, socket: r.def.text.clone(), reason: e.clone() }))
+            .collect()
     }
 
     /// `sockets_list`: the rows as applied, in the shape OpenSIPS gives.
@@ -355,21 +397,21 @@ impl Sockets {
     }
 }
 
-/// Bind one row and record it in a slot (`slot` reused when retrying a failed bind).
-fn bind_running(def: SocketDef, shm: &Table, slot: Option<u32>) -> Running {
-    let (fd, error) = match sys::bind(&def) {
-        Ok(fd) => (Some(fd), None),
-        Err(e) => {
-            warn!("{}: {e}", def.text);
-            (None, Some(e.to_string()))
-        }
+/// Bind one row and record it in a slot (`slot` reused when retrying a failed bind). A `tls` or
+/// `wss` row whose certificate does not load is not bound: that is its bind failure.
+fn bind_running(def: SocketDef, tls: &TlsConfig, shm: &Table, slot: Option<u32>) -> Running {
+    let material = if needs_tls(&def) { Some(load_tls(&def, tls)) } else { None };
+    let (fd, error, tls) = match material {
+        Some(Err(e)) => (None, Some(e), None),
+        material => match sys::bind(&def) {
+            Ok(fd) => (Some(fd), None, material.and_then(Result::ok)),
+            Err(e) => (None, Some(e.to_string()), None),
+        },
     };
-    let mut r = Running {
-        def,
-        slot: 0,
-        fd,
-        error,
-    };
+    if let Some(e) = &error {
+        warn!("{}: {e}", def.text);
+    }
+    let mut r = Running { def, slot: 0, fd, error, tls };
     let data = r.slot_data();
     match slot {
         Some(s) => {
@@ -388,6 +430,33 @@ fn bind_running(def: SocketDef, shm: &Table, slot: Option<u32>) -> Running {
         },
     }
     r
+}
+
+/// True for the protos that run TLS.
+fn needs_tls(def: &SocketDef) -> bool {
+    matches!(def.proto, Proto::Tls | Proto::Wss)
+}
+
+/// Read (and check) the certificate material a TLS socket presents: `[tls.tag.<TAG>]` for its
+/// tag when configured, else `[tls]`.
+fn load_tls(def: &SocketDef, tls: &TlsConfig) -> Result<TlsMaterial, String> {
+    let cert = tls.for_tag(def.tag.as_deref());
+    let section = match def.tag.as_deref() {
+        Some(t) if tls.tags.contains_key(t) => format!("[tls.tag.{t}]"),
+        _ => "[tls]".to_string(),
+    };
+    let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>, String> {
+        match path {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p).map(Some).map_err(|e| format!("TLS: cannot read {section} {what} {}: {e}", p.display())),
+        }
+    };
+    let (Some(cert_pem), Some(key_pem)) = (read("certificate", &cert.certificate)?, read("private_key", &cert.private_key)?) else {
+        return Err(format!("TLS: no certificate configured ({section} certificate and private_key)"));
+    };
+    let material = TlsMaterial { cert_pem, key_pem, ca_pem: read("ca_list", &cert.ca_list)?, require_client_cert: cert.require_client_cert };
+    check_tls(&material).map_err(|e| format!("TLS: {section}: {e}"))?;
+    Ok(material)
 }
 
 #[cfg(test)]

@@ -284,3 +284,29 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Ve
         Err(_) => vec![false; fds.len()],
     }
 }
+
+/// Accept one connection on a non-blocking listener: `Ok(None)` when none is pending. The new
+/// socket is non-blocking and close-on-exec; the OwnedFd is the supervisor's until handed over.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
+    loop {
+        match socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+            Ok(raw) => {
+                // SAFETY: accept4 just returned this fd and nothing else owns it; OwnedFd takes it
+                // over and closes it on drop.
+                let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                let peer: SockaddrStorage = socket::getpeername(fd.as_raw_fd())?;
+                let addr = peer
+                    .as_sockaddr_in()
+                    .map(|v4| SocketAddr::V4((*v4).into()))
+                    .or_else(|| peer.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())));
+                match addr {
+                    Some(a) => return Ok(Some((fd, a))),
+                    None => continue, // not an inet peer: drop it
+                }
+            }
+            Err(nix::Error::EAGAIN) => return Ok(None),
+            Err(nix::Error::EINTR | nix::Error::ECONNABORTED) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

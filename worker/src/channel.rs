@@ -64,6 +64,16 @@ impl Channel {
     /// 1..=[`MAX_MESSAGE_SIZE`] bytes with at most [`MAX_FDS_PER_MESSAGE`] fds. In non-blocking
     /// mode a full queue is `WouldBlock`; a closed peer is `BrokenPipe` (never SIGPIPE).
     pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send_inner(bytes, fds, false)
+    }
+
+    /// As [`Channel::send`], but `WouldBlock` at once when the peer's queue is full, whether the
+    /// channel is in non-blocking mode or not: for hand-offs that must not wait on a stalled peer.
+    pub fn try_send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        self.send_inner(bytes, fds, true)
+    }
+
+    fn send_inner(&self, bytes: &[u8], fds: &[BorrowedFd<'_>], dont_wait: bool) -> io::Result<()> {
         if bytes.is_empty() || bytes.len() > MAX_MESSAGE_SIZE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -82,7 +92,7 @@ impl Channel {
                 ),
             ));
         }
-        sys::send_with_fds(self.fd.as_fd(), bytes, fds)
+        sys::send_with_fds(self.fd.as_fd(), bytes, fds, dont_wait)
     }
 
     /// Receive one message into `buf` (resized to the message): its fds, or `None` when the peer

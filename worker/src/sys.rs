@@ -36,13 +36,25 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Send one message carrying `fds` (duplicated into the receiver by the kernel; the caller keeps
 /// its own). Never raises SIGPIPE: a closed peer is `BrokenPipe`.
-pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+///
+/// With `dont_wait`, a full queue is `WouldBlock` at once, whatever the fd's mode.
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    dont_wait: bool,
+) -> io::Result<()> {
+    let flags = if dont_wait {
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
+    } else {
+        MsgFlags::MSG_NOSIGNAL
+    };
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let rights = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
     let iov = [IoSlice::new(bytes)];
     loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
             Ok(n) if n == bytes.len() => return Ok(()),
             // A seqpacket message goes whole or not at all; anything else is a kernel surprise.
             Ok(n) => {
@@ -547,7 +559,7 @@ mod tests {
     fn too_many_fds_are_all_closed() {
         let (a, b) = seqpacket_pair().unwrap();
         let (mut r, w) = pipe();
-        send_with_fds(a.as_fd(), b"x", &[w.as_fd(), w.as_fd(), w.as_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"x", &[w.as_fd(), w.as_fd(), w.as_fd()], false).unwrap();
         drop(w);
         assert!(!writers_gone(&mut r), "the message holds the write end");
         let mut fds = Vec::new();
@@ -562,7 +574,7 @@ mod tests {
     fn truncated_payload_is_an_error_and_closes_fds() {
         let (a, b) = seqpacket_pair().unwrap();
         let (mut r, w) = pipe();
-        send_with_fds(a.as_fd(), b"0123456789", &[w.as_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"0123456789", &[w.as_fd()], false).unwrap();
         drop(w);
         let mut fds = Vec::new();
         let mut buf = [0u8; 4];
@@ -576,7 +588,7 @@ mod tests {
     fn fds_arrive_close_on_exec() {
         let (a, b) = seqpacket_pair().unwrap();
         let (_r, w) = pipe();
-        send_with_fds(a.as_fd(), b"hi", &[w.as_fd()]).unwrap();
+        send_with_fds(a.as_fd(), b"hi", &[w.as_fd()], false).unwrap();
         let mut fds = Vec::new();
         let mut buf = [0u8; 16];
         assert_eq!(
