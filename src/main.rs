@@ -30,7 +30,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground (logs to stderr; SIGTERM stops, SIGHUP reloads).
-    Run,
+    Run {
+        /// Run as this user after start-up (overrides `[general] user`; needs root).
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Run as this group (overrides `[general] group`).
+        #[arg(short = 'g', long)]
+        group: Option<String>,
+    },
     /// Provision the sockets table.
     #[command(subcommand)]
     Db(DbCommand),
@@ -150,10 +157,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         })?;
         return Ok(ExitCode::from(code));
     }
-    let config = supervisor::config::load(cli.config.as_deref())?;
+    let mut config = supervisor::config::load(cli.config.as_deref())?;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Run => supervisor::daemon::run(config)?,
+        Command::Run { user, group } => {
+            config.general.user = user.or(config.general.user);
+            config.general.group = group.or(config.general.group);
+            supervisor::daemon::run(config)?
+        }
         Command::Db(DbCommand::Init) => supervisor::commands::db_init(&config, &mut out)?,
         Command::Db(DbCommand::Add {
             socket,

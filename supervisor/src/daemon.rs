@@ -11,10 +11,6 @@ use crate::db::Database;
 use crate::mi::{self, MiServer, RpcError};
 use crate::pool::Pool;
 use crate::reload::{Served, Sockets};
-use shm::WorkerKind;
-use std::collections::HashMap;
-use std::os::fd::RawFd;
-use worker::ipc::StreamSettings;
 use crate::row::{validate_table, RowError, SystemResolver};
 use crate::sys;
 use log::{error, info, warn};
@@ -22,8 +18,12 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{json, Value};
 use shm::Table;
+use shm::WorkerKind;
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant, SystemTime};
+use worker::ipc::StreamSettings;
 
 const SIGNALS: Token = Token(0);
 const MI: Token = Token(1);
@@ -62,6 +62,9 @@ pub enum DaemonError {
     /// A worker could not be started at all.
     #[error("{0}")]
     Pool(#[from] crate::pool::PoolError),
+    /// The configured user could not be switched to.
+    #[error("{0}")]
+    Privileges(#[from] sys::PrivilegeError),
     /// The event loop failed.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
@@ -102,14 +105,57 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     let db = Database::connect(mgm)?;
     info!("database {}", mgm.db_url_redacted());
-    let shm = Table::create(&config.shm.path, mgm.max_sockets, mgm.processes, config.tcp.workers)?;
+    let shm = Table::create(
+        &config.shm.path,
+        mgm.max_sockets,
+        mgm.processes,
+        config.tcp.workers,
+    )?;
     let settings = StreamSettings {
         max_message_size: config.tcp.max_message_size,
         connection_lifetime_ms: config.tcp.connection_lifetime.as_millis() as u64,
         drain_timeout_ms: config.tcp.drain_timeout.as_millis() as u64,
         handshake_timeout_ms: config.tls.handshake_timeout.as_millis() as u64,
     };
-    let pool = Pool::new(mgm.processes, config.tcp.workers, config.sip.reply_code, config.sip.reply_reason.clone(), settings);
+    // The FIFO exists from here on, but is read only once the initial load is applied: a client
+    // that writes early waits for its answer. It is created before the privilege drop so that it
+    // can live in a directory only root may write to.
+    let mut mi_server = match MiServer::create(&config.mi_fifo) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = shm.remove();
+            return Err(e.into());
+        }
+    };
+    if let Some(user) = config.general.user.clone() {
+        let dropped =
+            sys::lookup_user(&user, config.general.group.as_deref()).and_then(|(uid, gid)| {
+                for path in [
+                    config.shm.path.as_path(),
+                    config.mi_fifo.fifo_name.as_path(),
+                ] {
+                    sys::chown(path, uid, gid).map_err(|source| sys::PrivilegeError::Syscall {
+                        user: user.clone(),
+                        step: "chown",
+                        source,
+                    })?;
+                }
+                sys::drop_privileges(&user, uid, gid)
+            });
+        if let Err(e) = dropped {
+            mi_server.remove();
+            let _ = shm.remove();
+            return Err(e.into());
+        }
+        info!("running as user {user} (keeping only CAP_NET_BIND_SERVICE)");
+    }
+    let pool = Pool::new(
+        mgm.processes,
+        config.tcp.workers,
+        config.sip.reply_code,
+        config.sip.reply_reason.clone(),
+        settings,
+    );
     let mut state = State {
         config,
         db: Some(db),
@@ -136,7 +182,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         SIGNALS,
         Interest::READABLE,
     )?;
-    let mut mi_server = MiServer::create(&state.config.mi_fifo)?;
     mi_server.register(poll.registry(), MI)?;
     if let Err(e) = sys::notify_ready() {
         warn!("cannot notify systemd: {e}");
@@ -195,7 +240,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                         mi_server.reply(&req, result);
                     }
                 }
-                Token(t) if t >= LISTENER_BASE => state.accept(u32::try_from(t - LISTENER_BASE).unwrap_or(u32::MAX)),
+                Token(t) if t >= LISTENER_BASE => {
+                    state.accept(u32::try_from(t - LISTENER_BASE).unwrap_or(u32::MAX))
+                }
                 Token(t) if t >= WORKER_BASE => state.pool.on_readable(t - WORKER_BASE, &state.shm),
                 Token(_) => {}
             }
@@ -225,12 +272,19 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 /// Register new stream listeners after a reload. A removed listener's fd is closed by the reload,
 /// which takes it out of the poll set by itself.
 fn sync_listeners(poll: &Poll, sockets: &Sockets, listening: &mut HashMap<u32, RawFd>) {
-    let current: HashMap<u32, RawFd> = sockets.listeners().map(|(slot, fd)| (slot, fd.as_raw_fd())).collect();
+    let current: HashMap<u32, RawFd> = sockets
+        .listeners()
+        .map(|(slot, fd)| (slot, fd.as_raw_fd()))
+        .collect();
     for (slot, raw) in &current {
         if listening.get(slot) == Some(raw) {
             continue;
         }
-        if let Err(e) = poll.registry().register(&mut SourceFd(raw), Token(LISTENER_BASE + *slot as usize), Interest::READABLE) {
+        if let Err(e) = poll.registry().register(
+            &mut SourceFd(raw),
+            Token(LISTENER_BASE + *slot as usize),
+            Interest::READABLE,
+        ) {
             error!("slot {slot}: cannot watch the listener: {e}");
         }
     }
@@ -291,16 +345,24 @@ impl State {
                 }
             };
             let shm = &self.shm;
-            let load = |rank: u32| shm.worker(WorkerKind::Stream, rank).map_or(0, stream_connections);
-            let open: u64 = (0..self.config.tcp.workers).map(load).sum::<u64>() + self.pool.handed_off();
+            let load = |rank: u32| {
+                shm.worker(WorkerKind::Stream, rank)
+                    .map_or(0, stream_connections)
+            };
+            let open: u64 =
+                (0..self.config.tcp.workers).map(load).sum::<u64>() + self.pool.handed_off();
             if open >= max {
                 self.refused_connections += 1;
-                warn!("slot {slot}: connection from {peer} refused: max_connections ({max}) reached");
+                warn!(
+                    "slot {slot}: connection from {peer} refused: max_connections ({max}) reached"
+                );
                 continue; // dropping `conn` closes it
             }
             if let Err(conn) = self.pool.hand_off(slot, peer, conn, load) {
                 self.refused_connections += 1;
-                warn!("slot {slot}: connection from {peer} refused: no stream worker could take it");
+                warn!(
+                    "slot {slot}: connection from {peer} refused: no stream worker could take it"
+                );
                 drop(conn);
             }
         }
@@ -334,7 +396,9 @@ impl State {
                 data: Some(Value::Array(v.errors.iter().map(row_error_json).collect())),
             });
         }
-        let report = self.sockets.apply(&v.defs, &self.config.tls, &mut self.pool, &self.shm);
+        let report = self
+            .sockets
+            .apply(&v.defs, &self.config.tls, &mut self.pool, &self.shm);
         for i in 0..self.pool.workers().len() {
             self.pool.on_readable(i, &self.shm);
         }

@@ -9,20 +9,22 @@
 //! Restarts are rate-limited: a worker that dies soon after starting waits a growing delay (100 ms,
 //! doubling, at most 30 s) before its next start; one that ran for a while restarts at once.
 
+use crate::reload::Served;
 use crate::sys;
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use shm::{Table, WorkerKind, WorkerState};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use worker::channel::Channel;
-use crate::reload::Served;
-use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
-use worker::ipc::{FromWorker, SocketInfo, StreamSettings, ToWorker, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE};
+use worker::ipc::{
+    FromWorker, SocketInfo, StreamSettings, ToWorker, MAX_FDS_PER_MESSAGE, MAX_MESSAGE_SIZE,
+};
 
 /// Most slots or socket entries one metadata message carries before the byte limit is checked.
 const MAX_SLOTS_PER_MESSAGE: usize = 500;
@@ -143,9 +145,17 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of `udp` UDP workers and `stream` stream workers, none started yet.
-    pub fn new(udp: u32, stream: u32, reply_code: u16, reply_reason: String, settings: StreamSettings) -> Pool {
+    pub fn new(
+        udp: u32,
+        stream: u32,
+        reply_code: u16,
+        reply_reason: String,
+        settings: StreamSettings,
+    ) -> Pool {
         let now = Instant::now();
-        let kinds = (0..udp).map(|r| (WorkerKind::Udp, r)).chain((0..stream).map(|r| (WorkerKind::Stream, r)));
+        let kinds = (0..udp)
+            .map(|r| (WorkerKind::Udp, r))
+            .chain((0..stream).map(|r| (WorkerKind::Stream, r)));
         let workers = kinds
             .map(|(kind, rank)| Worker {
                 kind,
@@ -161,7 +171,12 @@ impl Pool {
                 acked: 0,
             })
             .collect();
-        Pool { workers, reply_code, reply_reason, stream: settings }
+        Pool {
+            workers,
+            reply_code,
+            reply_reason,
+            stream: settings,
+        }
     }
 
     /// The workers, in rank order.
@@ -177,7 +192,8 @@ impl Pool {
         served: &Served<'_>,
         generation: u64,
     ) -> Result<(), PoolError> {
-        let (reply_code, reply_reason, stream) = (self.reply_code, self.reply_reason.clone(), self.stream);
+        let (reply_code, reply_reason, stream) =
+            (self.reply_code, self.reply_reason.clone(), self.stream);
         let w = &mut self.workers[index];
         let (kind, rank) = (w.kind, w.rank);
         let (ours, theirs) =
@@ -222,7 +238,11 @@ impl Pool {
             rec.set_pid(pid);
             rec.set_state(WorkerState::Starting);
         }
-        let setup = ToWorker::Setup { reply_code, reply_reason, stream };
+        let setup = ToWorker::Setup {
+            reply_code,
+            reply_reason,
+            stream,
+        };
         let sent = send(w, &setup.encode(), &[shm.file().as_fd()])
             .and_then(|_| match kind {
                 WorkerKind::Udp => send_adds(w, generation, &served.udp),
@@ -339,16 +359,39 @@ impl Pool {
 
     /// Phase 1 of a reload: UDP workers drop `udp` slots, stream workers drain the connections of
     /// `stream` slots; waits for every acknowledgement.
-    pub fn broadcast_remove(&mut self, generation: u64, udp: &[u32], stream: &[u32], shm: &Table) -> Vec<WorkerOutcome> {
+    pub fn broadcast_remove(
+        &mut self,
+        generation: u64,
+        udp: &[u32],
+        stream: &[u32],
+        shm: &Table,
+    ) -> Vec<WorkerOutcome> {
         let mut out = Vec::new();
         for w in self.live_mut() {
-            let slots = if w.kind == WorkerKind::Udp { udp } else { stream };
+            let slots = if w.kind == WorkerKind::Udp {
+                udp
+            } else {
+                stream
+            };
             let sent = slots
                 .chunks(MAX_SLOTS_PER_MESSAGE)
-                .try_for_each(|c| send(w, &ToWorker::Remove { generation, slots: c.to_vec() }.encode(), &[]))
+                .try_for_each(|c| {
+                    send(
+                        w,
+                        &ToWorker::Remove {
+                            generation,
+                            slots: c.to_vec(),
+                        }
+                        .encode(),
+                        &[],
+                    )
+                })
                 .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
             if let Err(e) = sent {
-                out.push(give_up(w, format!("could not be sent the removal: {e}; restarted")));
+                out.push(give_up(
+                    w,
+                    format!("could not be sent the removal: {e}; restarted"),
+                ));
             }
         }
         out.extend(self.wait_acks(generation, shm));
@@ -369,12 +412,16 @@ impl Pool {
         let mut out = Vec::new();
         for w in self.live_mut() {
             let sent = match w.kind {
-                WorkerKind::Udp => send_adds(w, generation, udp_adds).and_then(|_| send_infos(w, generation, udp_updates, Infos::Update)),
+                WorkerKind::Udp => send_adds(w, generation, udp_adds)
+                    .and_then(|_| send_infos(w, generation, udp_updates, Infos::Update)),
                 WorkerKind::Stream => send_infos(w, generation, stream, Infos::Describe),
             }
             .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
             if let Err(e) = sent {
-                out.push(give_up(w, format!("could not be sent the new sockets: {e}; restarted")));
+                out.push(give_up(
+                    w,
+                    format!("could not be sent the new sockets: {e}; restarted"),
+                ));
             }
         }
         out.extend(self.wait_acks(generation, shm));
@@ -385,28 +432,44 @@ impl Pool {
     /// takes it without waiting (a stalled worker is skipped, never waited for). `load` gives each
     /// stream worker's current connection count. Returns the rank, or the connection back when no
     /// worker took it.
-    pub fn hand_off(&mut self, slot: u32, peer: SocketAddr, conn: OwnedFd, load: impl Fn(u32) -> u64) -> Result<u32, OwnedFd> {
+    pub fn hand_off(
+        &mut self,
+        slot: u32,
+        peer: SocketAddr,
+        conn: OwnedFd,
+        load: impl Fn(u32) -> u64,
+    ) -> Result<u32, OwnedFd> {
         let mut candidates: Vec<(u64, usize)> = self
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready)
+            .filter(|(_, w)| {
+                w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready
+            })
             .map(|(i, w)| (load(w.rank) + w.handed, i))
             .collect();
         candidates.sort_unstable();
         let msg = ToWorker::Conn { slot, peer }.encode();
         for (_, i) in candidates {
             let w = &mut self.workers[i];
-            let Some(ch) = w.channel.as_ref() else { continue };
+            let Some(ch) = w.channel.as_ref() else {
+                continue;
+            };
             match ch.try_send(&msg, &[conn.as_fd()]) {
                 Ok(()) => {
                     w.handed += 1;
                     return Ok(w.rank);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    debug!("stream worker {} is not taking connections now; trying another", w.rank);
+                    debug!(
+                        "stream worker {} is not taking connections now; trying another",
+                        w.rank
+                    );
                 }
-                Err(e) => warn!("stream worker {}: cannot hand a connection over: {e}", w.rank),
+                Err(e) => warn!(
+                    "stream worker {}: cannot hand a connection over: {e}",
+                    w.rank
+                ),
             }
         }
         Err(conn)
@@ -613,12 +676,23 @@ enum Infos {
 
 /// Send socket metadata in messages that fit MAX_MESSAGE_SIZE (TLS material makes entries big:
 /// a batch that does not fit is halved until it does).
-fn send_infos(w: &Worker, generation: u64, infos: &[SocketInfo], which: Infos) -> std::io::Result<()> {
+fn send_infos(
+    w: &Worker,
+    generation: u64,
+    infos: &[SocketInfo],
+    which: Infos,
+) -> std::io::Result<()> {
     let encode = |batch: &[SocketInfo]| {
         let sockets = batch.to_vec();
         match which {
-            Infos::Update => ToWorker::Update { generation, sockets },
-            Infos::Describe => ToWorker::Describe { generation, sockets },
+            Infos::Update => ToWorker::Update {
+                generation,
+                sockets,
+            },
+            Infos::Describe => ToWorker::Describe {
+                generation,
+                sockets,
+            },
         }
         .encode()
     };

@@ -8,16 +8,16 @@
 //! Nothing here reads the database or talks MI: the daemon gives it rows and turns its report into
 //! a reply.
 
+use crate::config::Tls as TlsConfig;
 use crate::pool::{Pool, WorkerOutcome};
 use crate::row::{format_flags, Identity, SocketDef};
 use crate::sys;
 use log::{info, warn};
 use serde_json::{json, Value};
+use shm::Proto;
 use shm::{SlotData, SlotState, Table};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use crate::config::Tls as TlsConfig;
-use shm::Proto;
 use worker::ipc::{SocketInfo, TlsMaterial};
 
 /// What a (re)started worker is handed.
@@ -226,7 +226,10 @@ impl Sockets {
 
     /// The stream listeners, by slot, for the event loop to accept on.
     pub fn listeners(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
-        self.running.values().filter(|r| !r.def.proto.is_datagram()).filter_map(|r| r.fd.as_ref().map(|fd| (r.slot, fd.as_fd())))
+        self.running
+            .values()
+            .filter(|r| !r.def.proto.is_datagram())
+            .filter_map(|r| r.fd.as_ref().map(|fd| (r.slot, fd.as_fd())))
     }
 
     /// Number of sockets (bound or not) holding a slot.
@@ -241,24 +244,42 @@ impl Sockets {
 
     /// Apply a validated table. Never fails as a whole: what could not be applied is in the report.
     /// TLS material of `tls`/`wss` rows is read from the files `tls` names, at every reload.
-    pub fn apply(&mut self, table_defs: &[SocketDef], tls: &TlsConfig, pool: &mut Pool, shm: &Table) -> Report {
+    pub fn apply(
+        &mut self,
+        table_defs: &[SocketDef],
+        tls: &TlsConfig,
+        pool: &mut Pool,
+        shm: &Table,
+    ) -> Report {
         let mut plan = diff(&self.running, table_defs);
         let mut report = Report::default();
 
         // Certificates are re-read at every reload: a running TLS socket whose material changed is
         // an in-place update (new connections get the new certificate; nothing is rebound).
         let mut tls_errors: Vec<Failure> = Vec::new();
-        let planned: HashSet<Identity> = plan.update.iter().chain(&plan.rebind).chain(&plan.retry).map(SocketDef::identity).collect();
+        let planned: HashSet<Identity> = plan
+            .update
+            .iter()
+            .chain(&plan.rebind)
+            .chain(&plan.retry)
+            .map(SocketDef::identity)
+            .collect();
         for def in table_defs.iter().filter(|d| needs_tls(d)) {
             let id = def.identity();
-            let Some(r) = self.running.get(&id) else { continue };
+            let Some(r) = self.running.get(&id) else {
+                continue;
+            };
             if planned.contains(&id) || r.fd.is_none() {
                 continue;
             }
             match load_tls(def, tls) {
                 Ok(m) if Some(&m) != r.tls.as_ref() => plan.update.push(def.clone()),
                 Ok(_) => {}
-                Err(e) => tls_errors.push(Failure { id: def.id, socket: def.text.clone(), reason: e }),
+                Err(e) => tls_errors.push(Failure {
+                    id: def.id,
+                    socket: def.text.clone(),
+                    reason: e,
+                }),
             }
         }
 
@@ -273,15 +294,28 @@ impl Sockets {
         // Phase 1: removals (and the old side of rebinds), acknowledged by every worker before any
         // new bind, so the ports they free can be taken by this same reload. A stream listener is
         // closed here at once; its established connections drain in the workers.
-        let gone_ids: Vec<Identity> = plan.remove.iter().copied().chain(plan.rebind.iter().map(SocketDef::identity)).collect();
-        let gone: Vec<Running> = gone_ids.iter().filter_map(|id| self.running.remove(id)).collect();
+        let gone_ids: Vec<Identity> = plan
+            .remove
+            .iter()
+            .copied()
+            .chain(plan.rebind.iter().map(SocketDef::identity))
+            .collect();
+        let gone: Vec<Running> = gone_ids
+            .iter()
+            .filter_map(|id| self.running.remove(id))
+            .collect();
         if !gone.is_empty() {
             self.generation += 1;
             let bound = |datagram: bool| -> Vec<u32> {
-                gone.iter().filter(|r| r.fd.is_some() && r.def.proto.is_datagram() == datagram).map(|r| r.slot).collect()
+                gone.iter()
+                    .filter(|r| r.fd.is_some() && r.def.proto.is_datagram() == datagram)
+                    .map(|r| r.slot)
+                    .collect()
             };
             let (udp, stream) = (bound(true), bound(false));
-            report.workers.extend(pool.broadcast_remove(self.generation, &udp, &stream, shm));
+            report
+                .workers
+                .extend(pool.broadcast_remove(self.generation, &udp, &stream, shm));
             for r in gone {
                 shm.free_slot(r.slot);
                 drop(r.fd); // the supervisor's copy: the last one once every worker acknowledged
@@ -293,7 +327,15 @@ impl Sockets {
         self.generation += 1;
         let generation = self.generation;
         let mut added: Vec<Identity> = Vec::new();
-        let retry_slots: HashMap<Identity, u32> = plan.retry.iter().filter_map(|d| self.running.get(&d.identity()).map(|r| (d.identity(), r.slot))).collect();
+        let retry_slots: HashMap<Identity, u32> = plan
+            .retry
+            .iter()
+            .filter_map(|d| {
+                self.running
+                    .get(&d.identity())
+                    .map(|r| (d.identity(), r.slot))
+            })
+            .collect();
         for def in plan.add.iter().chain(&plan.rebind).chain(&plan.retry) {
             let id = def.identity();
             let r = bind_running(def.clone(), tls, shm, retry_slots.get(&id).copied());
@@ -308,11 +350,18 @@ impl Sockets {
         let mut udp_updates: Vec<SocketInfo> = Vec::new();
         let mut stream_infos: Vec<SocketInfo> = Vec::new();
         for def in &plan.update {
-            let Some(r) = self.running.get_mut(&def.identity()) else { continue };
+            let Some(r) = self.running.get_mut(&def.identity()) else {
+                continue;
+            };
             if let Some(fd) = &r.fd {
                 if (r.def.tos, r.def.flags.frag) != (def.tos, def.flags.frag) {
-                    if let Err(e) = sys::apply_live_options(fd.as_fd(), def.ip.is_ipv6(), def.flags, def.tos) {
-                        warn!("{}: could not update socket options in place: {e}", def.text);
+                    if let Err(e) =
+                        sys::apply_live_options(fd.as_fd(), def.ip.is_ipv6(), def.flags, def.tos)
+                    {
+                        warn!(
+                            "{}: could not update socket options in place: {e}",
+                            def.text
+                        );
                     }
                 }
             }
@@ -320,7 +369,11 @@ impl Sockets {
                 match load_tls(def, tls) {
                     Ok(m) => r.tls = Some(m),
                     // Keep serving with the material that loaded before; say so in the reply.
-                    Err(e) => tls_errors.push(Failure { id: def.id, socket: def.text.clone(), reason: e }),
+                    Err(e) => tls_errors.push(Failure {
+                        id: def.id,
+                        socket: def.text.clone(),
+                        reason: e,
+                    }),
                 }
             }
             r.def = def.clone();
@@ -343,7 +396,13 @@ impl Sockets {
                 (None, _) => {}
             }
         }
-        report.workers.extend(pool.broadcast_apply(generation, &udp_adds, &udp_updates, &stream_infos, shm));
+        report.workers.extend(pool.broadcast_apply(
+            generation,
+            &udp_adds,
+            &udp_updates,
+            &stream_infos,
+            shm,
+        ));
 
         self.order = table_defs.iter().map(SocketDef::identity).collect();
         report.failures = self.failures();
@@ -365,7 +424,13 @@ impl Sockets {
     /// Rows in the running set whose bind failed.
     fn failures(&self) -> Vec<Failure> {
         self.iter()
-            .filter_map(|r| r.error.as_ref().map(|e| Failure { id: r.def.id, socket: r.def.text.clone(), reason: e.clone() }))
+            .filter_map(|r| {
+                r.error.as_ref().map(|e| Failure {
+                    id: r.def.id,
+                    socket: r.def.text.clone(),
+                    reason: e.clone(),
+                })
+            })
             .collect()
     }
 
@@ -400,7 +465,11 @@ impl Sockets {
 /// Bind one row and record it in a slot (`slot` reused when retrying a failed bind). A `tls` or
 /// `wss` row whose certificate does not load is not bound: that is its bind failure.
 fn bind_running(def: SocketDef, tls: &TlsConfig, shm: &Table, slot: Option<u32>) -> Running {
-    let material = if needs_tls(&def) { Some(load_tls(&def, tls)) } else { None };
+    let material = if needs_tls(&def) {
+        Some(load_tls(&def, tls))
+    } else {
+        None
+    };
     let (fd, error, tls) = match material {
         Some(Err(e)) => (None, Some(e), None),
         material => match sys::bind(&def) {
@@ -411,7 +480,13 @@ fn bind_running(def: SocketDef, tls: &TlsConfig, shm: &Table, slot: Option<u32>)
     if let Some(e) = &error {
         warn!("{}: {e}", def.text);
     }
-    let mut r = Running { def, slot: 0, fd, error, tls };
+    let mut r = Running {
+        def,
+        slot: 0,
+        fd,
+        error,
+        tls,
+    };
     let data = r.slot_data();
     match slot {
         Some(s) => {
@@ -448,13 +523,25 @@ fn load_tls(def: &SocketDef, tls: &TlsConfig) -> Result<TlsMaterial, String> {
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>, String> {
         match path {
             None => Ok(None),
-            Some(p) => std::fs::read_to_string(p).map(Some).map_err(|e| format!("TLS: cannot read {section} {what} {}: {e}", p.display())),
+            Some(p) => std::fs::read_to_string(p)
+                .map(Some)
+                .map_err(|e| format!("TLS: cannot read {section} {what} {}: {e}", p.display())),
         }
     };
-    let (Some(cert_pem), Some(key_pem)) = (read("certificate", &cert.certificate)?, read("private_key", &cert.private_key)?) else {
-        return Err(format!("TLS: no certificate configured ({section} certificate and private_key)"));
+    let (Some(cert_pem), Some(key_pem)) = (
+        read("certificate", &cert.certificate)?,
+        read("private_key", &cert.private_key)?,
+    ) else {
+        return Err(format!(
+            "TLS: no certificate configured ({section} certificate and private_key)"
+        ));
     };
-    let material = TlsMaterial { cert_pem, key_pem, ca_pem: read("ca_list", &cert.ca_list)?, require_client_cert: cert.require_client_cert };
+    let material = TlsMaterial {
+        cert_pem,
+        key_pem,
+        ca_pem: read("ca_list", &cert.ca_list)?,
+        require_client_cert: cert.require_client_cert,
+    };
     check_tls(&material).map_err(|e| format!("TLS: {section}: {e}"))?;
     Ok(material)
 }

@@ -289,7 +289,10 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Ve
 /// socket is non-blocking and close-on-exec; the OwnedFd is the supervisor's until handed over.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, SocketAddr)>> {
     loop {
-        match socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+        match socket::accept4(
+            listener.as_raw_fd(),
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        ) {
             Ok(raw) => {
                 // SAFETY: accept4 just returned this fd and nothing else owns it; OwnedFd takes it
                 // over and closes it on drop.
@@ -298,7 +301,10 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, SocketAdd
                 let addr = peer
                     .as_sockaddr_in()
                     .map(|v4| SocketAddr::V4((*v4).into()))
-                    .or_else(|| peer.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())));
+                    .or_else(|| {
+                        peer.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::V6((*v6).into()))
+                    });
                 match addr {
                     Some(a) => return Ok(Some((fd, a))),
                     None => continue, // not an inet peer: drop it
@@ -309,4 +315,148 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<Option<(OwnedFd, SocketAdd
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Why the daemon could not switch to its configured user.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    /// No such user.
+    #[error("general.user: no user named {0:?}")]
+    NoUser(String),
+    /// No such group.
+    #[error("general.group: no group named {0:?}")]
+    NoGroup(String),
+    /// Switching needs root.
+    #[error(
+        "general.user = {user:?}: sipsockd runs as uid {uid}, not root, and cannot switch users"
+    )]
+    NotRoot {
+        /// The configured user.
+        user: String,
+        /// Our uid.
+        uid: u32,
+    },
+    /// A system call failed.
+    #[error("cannot switch to user {user:?}: {step}: {source}")]
+    Syscall {
+        /// The configured user.
+        user: String,
+        /// Which step.
+        step: &'static str,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The uid and gid `user` / `group` name (the user's primary group when `group` is `None`).
+pub fn lookup_user(
+    user: &str,
+    group: Option<&str>,
+) -> Result<(nix::unistd::Uid, nix::unistd::Gid), PrivilegeError> {
+    use nix::unistd::{Group, User};
+    let u = User::from_name(user)
+        .ok()
+        .flatten()
+        .ok_or_else(|| PrivilegeError::NoUser(user.to_string()))?;
+    let gid = match group {
+        Some(g) => {
+            Group::from_name(g)
+                .ok()
+                .flatten()
+                .ok_or_else(|| PrivilegeError::NoGroup(g.to_string()))?
+                .gid
+        }
+        None => u.gid,
+    };
+    Ok((u.uid, gid))
+}
+
+/// Become `uid`/`gid`, keeping only CAP_NET_BIND_SERVICE (so a later reload can still bind ports
+/// below 1024). Worker processes started afterwards run as `uid` with no capability at all (a
+/// non-root exec drops them). Must run while the process has no other thread that binds.
+pub fn drop_privileges(
+    user: &str,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> Result<(), PrivilegeError> {
+    use nix::unistd::{geteuid, setgid, setgroups, setuid};
+    let me = geteuid();
+    if me == uid {
+        return Ok(());
+    }
+    if !me.is_root() {
+        return Err(PrivilegeError::NotRoot {
+            user: user.to_string(),
+            uid: me.as_raw(),
+        });
+    }
+    let fail = |step: &'static str| {
+        move |source| PrivilegeError::Syscall {
+            user: user.to_string(),
+            step,
+            source,
+        }
+    };
+    nix::sys::prctl::set_keepcaps(true).map_err(fail("PR_SET_KEEPCAPS"))?;
+    setgroups(&[gid]).map_err(fail("setgroups"))?;
+    setgid(gid).map_err(fail("setgid"))?;
+    setuid(uid).map_err(fail("setuid"))?;
+    set_capabilities(1 << CAP_NET_BIND_SERVICE).map_err(fail("capset CAP_NET_BIND_SERVICE"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(fail("PR_SET_KEEPCAPS off"))?;
+    Ok(())
+}
+
+/// The capability number of CAP_NET_BIND_SERVICE (linux/capability.h).
+const CAP_NET_BIND_SERVICE: u32 = 10;
+
+/// Set this thread's effective and permitted capabilities to `mask` (bits below 32), none
+/// inheritable.
+fn set_capabilities(mask: u32) -> nix::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let data = [
+        Data {
+            effective: mask,
+            permitted: mask,
+            inheritable: 0,
+        },
+        Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: capset reads one header and two data structs (version 3 layout) from our stack; both
+    // outlive the call and no fd or shared memory is involved.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(nix::Error::last())
+    }
+}
+
+/// Give a file the daemon creates (FIFO, shm) to the user it will run as.
+pub fn chown(
+    path: &std::path::Path,
+    uid: nix::unistd::Uid,
+    gid: nix::unistd::Gid,
+) -> nix::Result<()> {
+    nix::unistd::chown(path, Some(uid), Some(gid))
 }

@@ -350,3 +350,65 @@ pub fn read_all(mut r: impl Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
+
+// ---- streams (TCP, TLS, WS) ----
+
+/// A free TCP port on `ip`.
+pub fn free_tcp_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An OPTIONS for a stream transport (`TCP`, `TLS`, `WS`, `WSS` in the Via).
+pub fn stream_options(transport: &str, from: SocketAddr, to: SocketAddr, n: u32) -> String {
+    options_request(from, to, n).replace("SIP/2.0/UDP", &format!("SIP/2.0/{transport}"))
+}
+
+/// Read one SIP message framed by Content-Length from a byte stream; None on EOF or timeout.
+pub fn read_sip(r: &mut impl Read) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match r.read(&mut byte) {
+            Ok(1) => buf.push(byte[0]),
+            _ => return None,
+        }
+        if buf == b"\r\n" {
+            buf.clear(); // a keep-alive pong before a message
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Content-Length:")
+                .or_else(|| l.strip_prefix("l:"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some(head + &String::from_utf8_lossy(&body))
+}
+
+/// True once the peer closed the stream (EOF or reset), waiting at most DEADLINE.
+pub fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}

@@ -82,7 +82,11 @@ struct ReplyFifo {
 }
 
 impl ReplyFifo {
-    fn create(reply_dir: &Path) -> Result<(ReplyFifo, String), ClientError> {
+    /// Create the reply FIFO (mode 0600) so that the daemon, which may run as another user after
+    /// dropping privileges, can open it: `server_fifo`'s owner is the daemon's user. As root, the
+    /// reply FIFO is given to that user; as a member of the daemon's group, it is given to that
+    /// group with mode 0620. Nobody else can write into it.
+    fn create(reply_dir: &Path, server_fifo: &Path) -> Result<(ReplyFifo, String), ClientError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -100,6 +104,23 @@ impl ReplyFifo {
         let fifo = ReplyFifo { path };
         fs::set_permissions(&fifo.path, fs::Permissions::from_mode(0o600))
             .map_err(io_err("set the mode of", &fifo.path))?;
+        if let Ok(server) = fs::metadata(server_fifo) {
+            use std::os::unix::fs::MetadataExt;
+            let me = nix::unistd::geteuid();
+            if server.uid() != me.as_raw() {
+                let (uid, gid) = (
+                    nix::unistd::Uid::from_raw(server.uid()),
+                    nix::unistd::Gid::from_raw(server.gid()),
+                );
+                if me.is_root() {
+                    nix::unistd::chown(&fifo.path, Some(uid), Some(gid))
+                        .map_err(|e| io_err("give the daemon's user", &fifo.path)(e.into()))?;
+                } else if nix::unistd::chown(&fifo.path, None, Some(gid)).is_ok() {
+                    fs::set_permissions(&fifo.path, fs::Permissions::from_mode(0o620))
+                        .map_err(io_err("set the mode of", &fifo.path))?;
+                }
+            }
+        }
         Ok((fifo, name))
     }
 }
@@ -148,7 +169,7 @@ pub fn call(
     timeout: Duration,
 ) -> Result<Result<Value, RpcError>, ClientError> {
     let deadline = Instant::now() + timeout;
-    let (reply_fifo, reply_name) = ReplyFifo::create(reply_dir)?;
+    let (reply_fifo, reply_name) = ReplyFifo::create(reply_dir, fifo)?;
     // Read end first (non-blocking: there is no writer yet), so the server finds a reader.
     let mut reply = OpenOptions::new()
         .read(true)
