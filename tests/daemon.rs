@@ -462,3 +462,29 @@ fn core_mi_commands_answer_in_the_opensips_shapes() {
     let out = d.cli(&["mi", "no_such_method"]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn systemd_is_told_ready_once_the_initial_load_is_applied() {
+    let d = Daemon::configure("notify", &Opts::default());
+    assert!(d.cli(&["db", "init"]).status.success());
+    let port = free_udp_port("127.0.0.1");
+    d.add(&format!("udp:127.0.0.1:{port}"), &[]);
+    let sock_path = d.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    notify.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&d.config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no READY=1 from the daemon");
+    assert_eq!(&buf[..n], b"READY=1\n");
+    // Ready means the table is applied: the socket answers at once.
+    assert!(options(&client("127.0.0.1"), udp("127.0.0.1", port), 1).is_some());
+    signal(child.id(), libc::SIGTERM);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
