@@ -297,11 +297,7 @@ fn a_stopped_worker_does_not_hold_up_traffic() {
             ..Opts::default()
         },
     );
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port("127.0.0.1")).collect();
-    for p in &ports {
-        d.add(&format!("udp:127.0.0.1:{p}"), &[]);
-    }
-    d.reload_ok();
+    let ports = d.serve_udp(3);
     let pids = d.worker_pids();
     signal(pids[0], libc::SIGSTOP);
     let c = client("127.0.0.1");
@@ -325,11 +321,7 @@ fn a_killed_worker_comes_back_and_serves_every_socket() {
             ..Opts::default()
         },
     );
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port("127.0.0.1")).collect();
-    for p in &ports {
-        d.add(&format!("udp:127.0.0.1:{p}"), &[]);
-    }
-    d.reload_ok();
+    let ports = d.serve_udp(3);
     let old = d.worker_pids()[0];
     signal(old, libc::SIGKILL);
     d.wait_dump("the worker to come back", |dump| {

@@ -52,11 +52,7 @@ fn workers_killed_in_a_loop_under_traffic_come_back_and_nothing_goes_unanswered(
             ..Opts::default()
         },
     );
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port("127.0.0.1")).collect();
-    for p in &ports {
-        d.add(&format!("udp:127.0.0.1:{p}"), &[]);
-    }
-    d.reload_ok();
+    let ports = d.serve_udp(3);
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
         let (stop, ports) = (stop.clone(), ports.clone());

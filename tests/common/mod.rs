@@ -195,6 +195,16 @@ impl Daemon {
         );
     }
 
+    /// Provision `n` UDP sockets on free loopback ports and apply them; returns the ports.
+    pub fn serve_udp(&self, n: usize) -> Vec<u16> {
+        let ports: Vec<u16> = (0..n).map(|_| free_udp_port("127.0.0.1")).collect();
+        for p in &ports {
+            self.add(&format!("udp:127.0.0.1:{p}"), &[]);
+        }
+        self.reload_ok();
+        ports
+    }
+
     pub fn rm(&self, socket: &str) {
         let out = self.cli(&["db", "rm", socket]);
         assert!(
