@@ -87,7 +87,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let started = SystemTime::now();
     let signals = sys::signal_fd().map_err(DaemonError::Signals)?;
     let limit = sys::raise_nofile_limit().unwrap_or_else(|_| sys::nofile_limit());
-    let needed = u64::from(config.sockets_mgm.max_sockets) * 2 + 64;
+    // Per process: every socket once (the supervisor's copy, or a worker's), one control channel
+    // per worker, and room for the database, the FIFO, the shm file and a few more.
+    let needed = u64::from(config.sockets_mgm.max_sockets)
+        + u64::from(config.sockets_mgm.processes)
+        + u64::from(config.tcp.workers)
+        + 64;
     if limit < needed {
         return Err(DaemonError::FileLimit {
             limit,

@@ -114,6 +114,9 @@ pub fn apply_live_options(
     })
 }
 
+/// Receive buffer asked for each UDP socket (bytes).
+const UDP_RCVBUF: libc::c_int = 4 * 1024 * 1024;
+
 /// Create, configure and bind the socket a row asks for (listening for stream protos). The socket is
 /// non-blocking and close-on-exec; the returned OwnedFd is the supervisor's copy.
 pub fn bind(def: &SocketDef) -> Result<OwnedFd, BindError> {
@@ -159,6 +162,11 @@ pub fn bind(def: &SocketDef) -> Result<OwnedFd, BindError> {
         }
     }
     apply_live_options(fd.as_fd(), ipv6, def.flags, def.tos)?;
+    if def.proto == Proto::Udp {
+        // One socket feeds every worker: a deeper queue absorbs bursts while they are busy. The
+        // kernel caps the request at net.core.rmem_max; failing to enlarge it is not an error.
+        let _ = setsockopt_int(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, UDP_RCVBUF);
+    }
     let sa = SockaddrStorage::from(addr);
     socket::bind(fd.as_raw_fd(), &sa).map_err(|source| BindError::Bind { addr, source })?;
     if def.proto != Proto::Udp {
