@@ -75,7 +75,7 @@ mod tests {
     fn attached_counters_show_in_the_reader_snapshot() {
         let dir = TestDir::new("attach");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 4, 2, 0).unwrap();
+        let table = Table::create(&path, 4, 2, 1).unwrap();
         let data = SlotData {
             state: SlotState::Active,
             socket: "udp:127.0.0.1:5060".into(),
@@ -107,6 +107,16 @@ mod tests {
         me.add_dropped(1);
         me.add_wakeups(6);
         assert!(attached.worker(WorkerKind::Udp, 2).is_none());
+        let stream = attached.worker(WorkerKind::Stream, 0).unwrap();
+        stream.add_connections(3);
+        stream.add_connections(-1);
+        assert_eq!(stream.connections(), 2);
+        // The supervisor sees the same gauge through its own mapping.
+        assert_eq!(
+            table.worker(WorkerKind::Stream, 0).unwrap().connections(),
+            2
+        );
+        assert!(attached.worker(WorkerKind::Stream, 1).is_none());
 
         assert_eq!(table.slot_received(index), 5);
         let snap = Reader::open(&path).unwrap().snapshot();
@@ -121,6 +131,18 @@ mod tests {
             (w.restarts, w.received, w.replied, w.dropped, w.wakeups),
             (1, 5, 4, 1, 6)
         );
+        assert_eq!(w.connections, 0);
+        let s = &snap.workers[2];
+        assert_eq!((s.kind, s.rank, s.connections), (WorkerKind::Stream, 0, 2));
+        let json = serde_json::to_value(&snap).unwrap();
+        assert_eq!(json["workers"][2]["connections"], 2);
+        assert_eq!(json["slots"][0]["connections"], 1);
+        // A gauge driven below zero (a bug) reads as 0, not as 2^64 - 1.
+        stream.add_connections(-5);
+        assert_eq!(stream.connections(), 0);
+        stream.reset_connections();
+        stream.add_connections(1);
+        assert_eq!(stream.connections(), 1);
     }
 
     #[test]

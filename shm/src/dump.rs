@@ -52,6 +52,7 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
             "FLAGS",
             "TOS",
             "RECEIVED",
+            "CONNECTIONS",
             "ERROR",
         ])];
         for slot in &s.slots {
@@ -66,6 +67,7 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
                 or_dash(&slot.flags),
                 slot.tos.to_string(),
                 slot.received.to_string(),
+                slot.connections.to_string(),
                 or_dash(&slot.error),
             ]);
         }
@@ -74,7 +76,16 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
     text.push_str(&format!("\nworkers: {}\n", s.workers.len()));
     if !s.workers.is_empty() {
         let mut rows = vec![cells(&[
-            "KIND", "RANK", "PID", "STATE", "RESTARTS", "RECEIVED", "REPLIED", "DROPPED", "WAKEUPS",
+            "KIND",
+            "RANK",
+            "PID",
+            "STATE",
+            "RESTARTS",
+            "RECEIVED",
+            "REPLIED",
+            "DROPPED",
+            "WAKEUPS",
+            "CONNECTIONS",
         ])];
         for w in &s.workers {
             rows.push(vec![
@@ -87,6 +98,7 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
                 w.replied.to_string(),
                 w.dropped.to_string(),
                 w.wakeups.to_string(),
+                w.connections.to_string(),
             ]);
         }
         text.push_str(&columns(&rows));
@@ -171,6 +183,7 @@ mod tests {
         w.add_received(12);
         let attached = crate::Attached::from_file(table.file().try_clone().unwrap()).unwrap();
         attached.add_slot_received(i, 12);
+        attached.add_slot_connections(i, 7);
 
         let mut out = Vec::new();
         dump(&path, false, &mut out).unwrap();
@@ -194,6 +207,8 @@ mod tests {
         assert_eq!(slot0[..4], ["0", "active", "udp", "udp:127.0.0.1:5070"]);
         assert!(lines[5].contains("line break"), "{text}");
         assert!(lines[5].contains(" 12 "), "{text}");
+        assert!(lines[4].contains("RECEIVED  CONNECTIONS  ERROR"), "{text}");
+        assert!(lines[5].contains(" 12        7 "), "{text}");
         assert!(
             lines[6].starts_with("1      error   udp    udp:192.0.2.1:5060"),
             "{text}"
@@ -205,7 +220,10 @@ mod tests {
         assert_eq!(lines[8], "workers: 2");
         assert!(lines[9].starts_with("KIND  RANK  PID"), "{text}");
         let w1: Vec<&str> = lines[11].split_whitespace().collect();
-        assert_eq!(w1, ["udp", "1", "31337", "ready", "0", "12", "0", "0", "0"]);
+        assert_eq!(
+            w1,
+            ["udp", "1", "31337", "ready", "0", "12", "0", "0", "0", "0"]
+        );
         assert_eq!(lines.len(), 12, "{text}");
     }
 

@@ -112,7 +112,10 @@ pub struct WorkerRecord {
     pub(crate) replied: AtomicU64,
     pub(crate) dropped: AtomicU64,
     pub(crate) wakeups: AtomicU64,
-    _reserved: AtomicU64,
+    /// Open connections of a stream worker (a gauge it moves; the supervisor reads it to hand a
+    /// new connection to the least loaded worker). Was reserved zeros: older files read as 0, so
+    /// the layout version stays.
+    pub(crate) connections: AtomicU64,
 }
 
 pub(crate) const HEADER_SIZE: usize = 128;
@@ -155,6 +158,7 @@ const _: () = {
     assert!(offset_of!(WorkerRecord, replied) == 32);
     assert!(offset_of!(WorkerRecord, dropped) == 40);
     assert!(offset_of!(WorkerRecord, wakeups) == 48);
+    assert!(offset_of!(WorkerRecord, connections) == 56);
 };
 
 /// Where the header's pid sits, for reading it from a file we could not lock.
@@ -492,7 +496,7 @@ impl WorkerRecord {
         self.restarts.load(Relaxed)
     }
 
-    /// Adds datagrams received.
+    /// Adds messages received (datagrams; SIP messages on a stream worker's connections).
     pub fn add_received(&self, n: u64) {
         self.received.fetch_add(n, Relaxed);
     }
@@ -502,7 +506,8 @@ impl WorkerRecord {
         self.replied.fetch_add(n, Relaxed);
     }
 
-    /// Adds datagrams dropped (malformed, or not answered by design).
+    /// Adds datagrams dropped (malformed, or not answered by design); on a stream worker, also
+    /// connections closed for a protocol error or refused.
     pub fn add_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
     }
@@ -510,6 +515,28 @@ impl WorkerRecord {
     /// Adds wake-ups (returns from the worker's wait), to measure wake-ups per datagram.
     pub fn add_wakeups(&self, n: u64) {
         self.wakeups.fetch_add(n, Relaxed);
+    }
+
+    /// Moves the open-connection gauge by `delta` (a stream worker: +1 per connection it takes,
+    /// -1 per connection it closes).
+    pub fn add_connections(&self, delta: i64) {
+        // Two's complement: adding the u64 image of a negative delta subtracts.
+        self.connections.fetch_add(delta as u64, Relaxed);
+    }
+
+    /// Zeroes the open-connection gauge (a new worker process starts with none).
+    pub fn reset_connections(&self) {
+        self.connections.store(0, Relaxed);
+    }
+
+    /// Open connections; a gauge that went below zero (a bug, or a damaged file) reads as 0.
+    pub fn connections(&self) -> u64 {
+        let n = self.connections.load(Relaxed);
+        if n > i64::MAX as u64 {
+            0
+        } else {
+            n
+        }
     }
 
     /// Datagrams received.

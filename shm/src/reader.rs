@@ -126,6 +126,9 @@ pub struct WorkerSnapshot {
     pub dropped: u64,
     /// Wake-ups of its wait.
     pub wakeups: u64,
+    /// Open connections (stream workers; always 0 for UDP ones).
+    #[serde(default)]
+    pub connections: u64,
 }
 
 impl Reader {
@@ -199,6 +202,7 @@ impl Reader {
                     replied: w.replied(),
                     dropped: w.dropped(),
                     wakeups: w.wakeups(),
+                    connections: w.connections(),
                 }
             })
             .collect();
@@ -437,6 +441,7 @@ mod tests {
             "replied",
             "dropped",
             "wakeups",
+            "connections",
         ];
         let mut at = 0;
         for k in order {
@@ -481,7 +486,7 @@ mod tests {
             workers[0],
             serde_json::json!({
                 "rank": 0, "kind": "udp", "pid": 100, "state": "ready", "restarts": 0,
-                "received": 0, "replied": 0, "dropped": 0, "wakeups": 0
+                "received": 0, "replied": 0, "dropped": 0, "wakeups": 0, "connections": 0
             })
         );
         assert_eq!(workers[1]["state"], "stopped");

@@ -10,6 +10,7 @@
 //! - [`handler`]: the stateless responder, independent of the transport;
 //! - [`ipc`]: the control messages; [`channel`]: the socket that carries them with their fds;
 //! - [`udp`]: the UDP serving loop;
+//! - [`stream`]: the stream worker (TCP, TLS, WS, WSS connections handed over by the supervisor);
 //! - `sys`: every system call that needs `unsafe` (fd passing, recvmmsg/sendmmsg, epoll).
 #![deny(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod channel;
 pub mod handler;
 pub mod ipc;
 pub mod sip;
+pub mod stream;
 mod sys;
 pub mod udp;
 

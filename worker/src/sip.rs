@@ -326,6 +326,81 @@ pub fn frame_len(buf: &[u8]) -> FrameStatus {
     }
 }
 
+/// Frame the next message of a stream under a transport's limits, telling its length as soon as
+/// its header section is there: `Ok(Some(total))` (leading CRLFs included; `total` may be more
+/// than `buf` holds: the body is still coming), `Ok(None)` when the header section is not
+/// complete yet, `Err` when the stream cannot be framed and the connection should be closed.
+///
+/// Stricter than [`frame_len`] in what it refuses, and sooner:
+/// - the start line is checked as soon as its line end is there, and bytes that cannot begin one
+///   (a control character: say a TLS ClientHello sent to a TCP port) are refused at once;
+/// - the header section (start line to the empty line) may be at most `max_head` bytes, the body
+///   at most `max_body`: [`ParseError::TooLarge`] otherwise, without waiting for more;
+/// - `Content-Length` is required ([`ParseError::MissingContentLength`]).
+pub fn stream_frame_len(
+    buf: &[u8],
+    max_head: usize,
+    max_body: usize,
+) -> Result<Option<usize>, ParseError> {
+    let skip = leading_crlf_len(buf);
+    let rest = buf.get(skip..).unwrap_or_default();
+    check_first_line(rest)?;
+    let head = match locate_head(buf) {
+        Ok(Some(head)) => head,
+        Ok(None) | Err(ParseError::Empty) if rest.len() > max_head => {
+            return Err(ParseError::TooLarge)
+        }
+        Ok(None) | Err(ParseError::Empty) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if head.len.saturating_sub(skip) > max_head {
+        return Err(ParseError::TooLarge);
+    }
+    let content_length = match check_head(head.text)? {
+        (_, _, Some(n)) => n,
+        (_, _, None) => return Err(ParseError::MissingContentLength),
+    };
+    if content_length > max_body {
+        return Err(ParseError::TooLarge);
+    }
+    head.len
+        .checked_add(content_length)
+        .map(Some)
+        .ok_or(ParseError::TooLarge)
+}
+
+/// The start line of a stream message, checked before the rest of the header section is there:
+/// once complete, it must be a request or status line; before that, its bytes must be ones a start
+/// line can hold.
+fn check_first_line(rest: &[u8]) -> Result<(), ParseError> {
+    match rest.iter().position(|b| *b == b'\n') {
+        Some(end) => {
+            let line = rest.get(..end).unwrap_or_default();
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let line = std::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
+            if line.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(ParseError::ControlChar);
+            }
+            parse_start_line(line).map(|_| ())
+        }
+        None => {
+            let last = rest.len().saturating_sub(1);
+            let bad = rest
+                .iter()
+                .enumerate()
+                .any(|(i, b)| b.is_ascii_control() && *b != b'\t' && !(*b == b'\r' && i == last));
+            if bad {
+                return Err(ParseError::ControlChar);
+            }
+            // A UTF-8 sequence cut at the end is fine; an invalid one is not.
+            match std::str::from_utf8(rest) {
+                Err(e) if e.error_len().is_some() => Err(ParseError::NotUtf8),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
 /// Number of CR and LF bytes at the start of `buf` (keep-alives, or the CRLFs RFC 3261 §7.5 skips).
 pub fn leading_crlf_len(buf: &[u8]) -> usize {
     buf.iter()
@@ -940,6 +1015,67 @@ mod tests {
     }
 
     #[test]
+    fn stream_framing_with_limits() {
+        let one = b"OPTIONS sip:a SIP/2.0\r\nl: 2\r\n\r\nhi";
+        let head = one.len() - 2;
+        assert_eq!(stream_frame_len(one, 1000, 10), Ok(Some(one.len())));
+        // Known as soon as the header section is there.
+        assert_eq!(
+            stream_frame_len(&one[..head], 1000, 10),
+            Ok(Some(one.len()))
+        );
+        for cut in 0..head {
+            assert_eq!(
+                stream_frame_len(&one[..cut], 1000, 10),
+                Ok(None),
+                "cut {cut}"
+            );
+        }
+        let mut crlf = b"\r\n\r\n".to_vec();
+        crlf.extend_from_slice(one);
+        assert_eq!(stream_frame_len(&crlf, head, 2), Ok(Some(crlf.len())));
+        // Limits: the header section, then the body.
+        assert_eq!(
+            stream_frame_len(one, head - 1, 10),
+            Err(ParseError::TooLarge)
+        );
+        assert_eq!(stream_frame_len(one, head, 1), Err(ParseError::TooLarge));
+        let endless = [b"OPTIONS sip:a SIP/2.0\r\nX: ".as_slice(), &[b'a'; 100]].concat();
+        assert_eq!(
+            stream_frame_len(&endless, 100, 10),
+            Err(ParseError::TooLarge)
+        );
+        assert_eq!(stream_frame_len(&endless, 200, 10), Ok(None));
+        // Junk is refused as soon as it shows.
+        assert_eq!(
+            stream_frame_len(b"\x16\x03\x01\x02\x00", 1000, 10),
+            Err(ParseError::ControlChar)
+        );
+        assert_eq!(
+            stream_frame_len(b"hello world\r\n", 1000, 10),
+            Err(ParseError::BadStartLine)
+        );
+        assert_eq!(
+            stream_frame_len(b"GET / HTTP/1.1\r\n", 1000, 10),
+            Err(ParseError::BadVersion)
+        );
+        assert_eq!(
+            stream_frame_len(b"OPTIONS sip:a\xff", 1000, 10),
+            Err(ParseError::NotUtf8)
+        );
+        // A start line cut in the middle of a character, or before its LF, waits.
+        assert_eq!(stream_frame_len(b"OPTIONS sip:\xc3", 1000, 10), Ok(None));
+        assert_eq!(
+            stream_frame_len(b"OPTIONS sip:a SIP/2.0\r", 1000, 10),
+            Ok(None)
+        );
+        assert_eq!(
+            stream_frame_len(b"OPTIONS sip:a SIP/2.0\r\nTo: x\r\n\r\n", 1000, 10),
+            Err(ParseError::MissingContentLength)
+        );
+    }
+
+    #[test]
     fn parameters() {
         assert_eq!(
             header_params("\"A;b <c>\" <sip:x;lr>;tag=1 ; foo"),
@@ -981,6 +1117,7 @@ mod tests {
         fn parse_and_frame_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
             let _ = parse(&bytes);
             let _ = frame_len(&bytes);
+            let _ = stream_frame_len(&bytes, 100, 100);
         }
 
         #[test]
