@@ -422,3 +422,127 @@ pub fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
         }
     }
 }
+
+// ---- faults: the database and bad rows (tests/faults_db.rs, tests/faults_rows.rs) ----
+
+/// `Daemon::start` with more keys in `[sockets_mgm]` (e.g. `db_timeout = 1`).
+pub fn start_with_mgm(name: &str, opts: Opts, mgm: &str) -> Daemon {
+    let d = Daemon::configure(name, &opts);
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replacen("[sockets_mgm]\n", &format!("[sockets_mgm]\n{mgm}\n"), 1);
+    std::fs::write(&d.config, text).unwrap();
+    let init = d.cli(&["db", "init"]);
+    assert!(
+        init.status.success(),
+        "db init failed: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    d.spawn()
+}
+
+impl Daemon {
+    /// An MI call through the supervisor's own client library: the structured reply (code,
+    /// message, data). Panics when no answer came within a generous deadline.
+    pub fn mi_call(&self, method: &str) -> Result<Value, supervisor::mi::RpcError> {
+        supervisor::mi::client::call(
+            &self.fifo,
+            self.dir.path(),
+            method,
+            &supervisor::mi::client::params_from_args(&[]),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("mi {method}: no answer: {e}\nlog:\n{}", self.log_text()))
+    }
+
+    /// What runs, from the shm dump: the generation and every slot, without traffic counters.
+    pub fn running(&self) -> Value {
+        let mut d = self.dump();
+        for slot in d["slots"].as_array_mut().unwrap() {
+            let o = slot.as_object_mut().unwrap();
+            o.remove("received");
+            o.remove("connections");
+        }
+        serde_json::json!({"generation": d["generation"], "slots": d["slots"]})
+    }
+
+    /// Every port answers an OPTIONS.
+    pub fn assert_answering(&self, ports: &[u16], when: &str) {
+        let c = client("127.0.0.1");
+        static N: AtomicU32 = AtomicU32::new(1_000_000);
+        for &p in ports {
+            assert!(
+                options(&c, udp("127.0.0.1", p), N.fetch_add(1, Ordering::Relaxed)).is_some(),
+                "port {p} not answering {when}; log:\n{}",
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// OPTIONS sent round-robin to some ports from a thread until stopped, each waiting for its
+/// answer: proof that traffic went on while something else happened.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<AtomicU32>,
+    handle: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Traffic {
+    /// Start, and return once the first request was answered.
+    pub fn start(ports: &[u16]) -> Traffic {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(AtomicU32::new(0));
+        let (flag, count) = (stop.clone(), answered.clone());
+        let ports = ports.to_vec();
+        let handle = std::thread::spawn(move || {
+            let c = client("127.0.0.1");
+            let mut missed = Vec::new();
+            // Bounded: at most 100,000 requests or 10 minutes, whichever comes first.
+            let t0 = Instant::now();
+            for n in 0..100_000u32 {
+                if flag.load(Ordering::Relaxed) || t0.elapsed() > Duration::from_secs(600) {
+                    break;
+                }
+                let p = ports[n as usize % ports.len()];
+                match options(&c, udp("127.0.0.1", p), 2_000_000 + n) {
+                    Some(_) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => missed.push(format!("request {n} to port {p}")),
+                }
+            }
+            missed
+        });
+        let t = Traffic {
+            stop,
+            answered,
+            handle,
+        };
+        t.wait_beyond(0, "the first request");
+        t
+    }
+
+    fn wait_beyond(&self, n: u32, what: &str) {
+        let t0 = Instant::now();
+        while self.answered.load(Ordering::Relaxed) <= n {
+            assert!(
+                !self.handle.is_finished() && t0.elapsed() < DEADLINE,
+                "traffic: no answer to {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Wait for one more answer (traffic goes on after whatever happened), stop, and check that
+    /// every request was answered. Returns how many were.
+    pub fn finish(self, what: &str) -> u32 {
+        self.wait_beyond(
+            self.answered.load(Ordering::Relaxed),
+            &format!("a request after {what}"),
+        );
+        self.stop.store(true, Ordering::Relaxed);
+        let missed = self.handle.join().unwrap();
+        assert!(missed.is_empty(), "{what}: unanswered: {missed:?}");
+        self.answered.load(Ordering::Relaxed)
+    }
+}

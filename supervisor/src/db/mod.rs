@@ -5,9 +5,18 @@
 //! `db rm`. It hands out [`RawRow`]s with the database rule already applied (trailing blanks
 //! stripped, empty = NULL) and never interprets them: that is [`crate::row`]'s job.
 //!
-//! A load is: one cheap look at the catalog (does the table exist, which columns, is there an `id`),
-//! the `version` table rule, then ONE query for the rows, so a load sees one consistent table.
+//! A load is ONE query for the rows, so a load sees one consistent table. Before the first load on
+//! a connection, and again after any failed load, a cheap look at the catalog (does the table
+//! exist, which columns, is there an `id`) and the `version` table rule run first, so a missing
+//! table or column is reported as such; in the steady state a load is one round trip.
 //! Errors say which step failed; no error or log line ever shows the password of `db_url`.
+//!
+//! `[sockets_mgm] db_timeout` bounds every connect and every round trip on the client side (the
+//! supervisor is single-threaded: a query that never returns would stop everything else), and is
+//! set as the server's own statement / lock time limits where the database has them. A timeout is
+//! [`DbError::Timeout`], which names the setting. A connection that served an earlier load and
+//! is found broken (the server restarted since) is reopened once, at once, so the first reload
+//! after the database came back already succeeds.
 //!
 //! Table and column names come from the configuration, where they were checked to be plain SQL
 //! identifiers, so they are spliced into the SQL text; values always travel as parameters.
@@ -20,9 +29,6 @@ use crate::config::{redact_url, url_password, SocketsMgm};
 use crate::row::{clean, parse_tos, RawRow};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// How long a connection attempt may take before it is reported as failed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The schema version of the sockets table in OpenSIPS' `version` table; the only one read.
 pub const TABLE_VERSION: i64 = 1;
@@ -79,6 +85,25 @@ pub enum DbError {
         /// The redacted URL.
         url: String,
     },
+    /// The database did not answer within `[sockets_mgm] db_timeout`.
+    #[error(
+        "{server} {step} timed out after {} s ([sockets_mgm] db_timeout): {what} ({url}): {reason}",
+        .after.as_secs_f64()
+    )]
+    Timeout {
+        /// `PostgreSQL`, `MySQL/MariaDB` or `SQLite`.
+        server: &'static str,
+        /// `connection` or `query`.
+        step: &'static str,
+        /// The configured limit.
+        after: Duration,
+        /// What was being done (`connecting`, `reading table sockets`, ...).
+        what: String,
+        /// The redacted URL.
+        url: String,
+        /// The driver's or the server's words.
+        reason: String,
+    },
     /// A statement failed.
     #[error("{what} in {url} failed: {reason}")]
     Query {
@@ -100,6 +125,17 @@ pub enum Kind {
     Postgres,
     /// MySQL or MariaDB.
     Mysql,
+}
+
+impl Kind {
+    /// The name to show in messages.
+    pub fn server(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "SQLite",
+            Kind::Postgres => "PostgreSQL",
+            Kind::Mysql => "MySQL/MariaDB",
+        }
+    }
 }
 
 /// Where a `db_url` points.
@@ -157,23 +193,74 @@ pub(crate) struct Column {
     pub integer: bool,
 }
 
+/// How a driver call failed: what the caller may do next depends on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailKind {
+    /// The connection is gone or cannot be trusted (I/O error, closed by the server, protocol
+    /// out of sync). Reconnecting may help.
+    Link,
+    /// `db_timeout` passed (on our side, or a session time limit on the server's).
+    Timeout,
+    /// The server refused the statement; the connection is fine (no such table or column, a
+    /// type the driver cannot read, a file that is not a database).
+    Statement,
+}
+
+/// A driver failure: its kind and the driver's words (not yet scrubbed of the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// What kind of failure.
+    pub kind: FailKind,
+    /// The driver's message.
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn link(message: String) -> Failure {
+        Failure {
+            kind: FailKind::Link,
+            message,
+        }
+    }
+
+    pub(crate) fn timeout(message: String) -> Failure {
+        Failure {
+            kind: FailKind::Timeout,
+            message,
+        }
+    }
+
+    pub(crate) fn statement(message: String) -> Failure {
+        Failure {
+            kind: FailKind::Statement,
+            message,
+        }
+    }
+}
+
 /// What each driver provides; the SQL text is built by [`Database`] for the driver's dialect.
+/// Every call is bounded by the `db_timeout` the driver was opened with.
 trait Backend {
+    /// True when the connection no longer reads what `db_url` names (a SQLite file replaced by
+    /// a rename): reopen before using it. Cheap: no round trip.
+    fn stale(&self) -> bool {
+        false
+    }
     /// The table's columns in order, or `None` when there is no such table.
-    fn columns(&mut self, table: &str) -> Result<Option<Vec<Column>>, String>;
+    fn columns(&mut self, table: &str) -> Result<Option<Vec<Column>>, Failure>;
     /// Run a query and return every row.
-    fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Cells>, String>;
+    fn query(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Cells>, Failure>;
     /// Run a statement and return the number of rows it changed.
-    fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, String>;
+    fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, Failure>;
     /// Run an `INSERT` and return the new row's `id` when `id_column` says the table has one.
     fn insert(
         &mut self,
         sql: &str,
         params: &[Param],
         id_column: bool,
-    ) -> Result<Option<i64>, String>;
+    ) -> Result<Option<i64>, Failure>;
     /// Run several DDL statements, in order.
-    fn batch(&mut self, statements: &[String]) -> Result<(), String>;
+    fn batch(&mut self, statements: &[String]) -> Result<(), Failure>;
 }
 
 /// What `db init` did.
@@ -198,9 +285,17 @@ pub struct TableInfo {
 pub struct Database {
     backend: Box<dyn Backend>,
     kind: Kind,
+    target: Target,
     names: SocketsMgm,
     url: String,
     password: Option<String>,
+    /// What the catalog said on this connection, until a load fails.
+    info: Option<TableInfo>,
+    /// A load succeeded on this connection: a link failure at the next one means the server
+    /// went away in between, worth one reconnect.
+    used: bool,
+    /// The kind of the last driver failure turned into a [`DbError`].
+    last_failure: std::cell::Cell<Option<FailKind>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -227,36 +322,68 @@ impl Database {
     fn open(cfg: &SocketsMgm, create: bool) -> Result<Database, DbError> {
         let url = cfg.db_url_redacted();
         let password = url_password(&cfg.db_url);
-        let scrub = |msg: String| scrub(msg, password.as_deref());
-        let connect_error = |reason: String| DbError::Connect {
-            url: url.clone(),
-            reason: scrub(reason),
+        let target = parse_url(&cfg.db_url)?;
+        let kind = match target {
+            Target::Sqlite(_) => Kind::Sqlite,
+            Target::Postgres(_) => Kind::Postgres,
+            Target::Mysql(_) => Kind::Mysql,
         };
-        let (kind, backend): (Kind, Box<dyn Backend>) = match parse_url(&cfg.db_url)? {
-            Target::Sqlite(path) => (
-                Kind::Sqlite,
-                Box::new(sqlite_backend::Sqlite::open(&path, create).map_err(connect_error)?),
-            ),
-            Target::Postgres(u) => (
-                Kind::Postgres,
-                Box::new(
-                    pg_backend::Postgres::connect(&u, CONNECT_TIMEOUT).map_err(connect_error)?,
-                ),
-            ),
-            Target::Mysql(u) => (
-                Kind::Mysql,
-                Box::new(
-                    mysql_backend::Mysql::connect(&u, CONNECT_TIMEOUT).map_err(connect_error)?,
-                ),
-            ),
-        };
-        Ok(Database {
-            backend,
+        let mut db = Database {
+            // Replaced at once below; a SQLite placeholder needs no I/O.
+            backend: Box::new(Closed),
             kind,
+            target,
             names: cfg.clone(),
             url,
             password,
+            info: None,
+            used: false,
+            last_failure: std::cell::Cell::new(None),
+        };
+        db.backend = db.open_backend(create)?;
+        Ok(db)
+    }
+
+    /// A new driver connection for `self.target`, bounded by `db_timeout`.
+    fn open_backend(&self, create: bool) -> Result<Box<dyn Backend>, DbError> {
+        let timeout = self.names.db_timeout;
+        let opened: Result<Box<dyn Backend>, Failure> =
+            match &self.target {
+                Target::Sqlite(path) => sqlite_backend::Sqlite::open(path, create, timeout)
+                    .map(|b| Box::new(b) as Box<dyn Backend>),
+                Target::Postgres(u) => pg_backend::Postgres::connect(u, timeout)
+                    .map(|b| Box::new(b) as Box<dyn Backend>),
+                Target::Mysql(u) => mysql_backend::Mysql::connect(u, timeout)
+                    .map(|b| Box::new(b) as Box<dyn Backend>),
+            };
+        opened.map_err(|f| {
+            let reason = scrub(f.message, self.password.as_deref());
+            if f.kind == FailKind::Timeout {
+                DbError::Timeout {
+                    server: self.kind.server(),
+                    step: "connection",
+                    after: timeout,
+                    what: "connecting".into(),
+                    url: self.url.clone(),
+                    reason,
+                }
+            } else {
+                DbError::Connect {
+                    url: self.url.clone(),
+                    reason,
+                }
+            }
         })
+    }
+
+    /// Drop the connection and open a new one (what was learnt about the table goes with it).
+    fn reconnect(&mut self) -> Result<(), DbError> {
+        self.info = None;
+        self.used = false;
+        // The old connection goes first: SQLite's file lock, a server's connection slot.
+        self.backend = Box::new(Closed);
+        self.backend = self.open_backend(false)?;
+        Ok(())
     }
 
     /// Which database this is.
@@ -269,11 +396,23 @@ impl Database {
         &self.url
     }
 
-    fn query_error(&self, what: &str, reason: String) -> DbError {
+    fn query_error(&self, what: &str, failure: Failure) -> DbError {
+        self.last_failure.set(Some(failure.kind));
+        let reason = scrub(failure.message, self.password.as_deref());
+        if failure.kind == FailKind::Timeout {
+            return DbError::Timeout {
+                server: self.kind.server(),
+                step: "query",
+                after: self.names.db_timeout,
+                what: what.to_string(),
+                url: self.url.clone(),
+                reason,
+            };
+        }
         DbError::Query {
             what: what.to_string(),
             url: self.url.clone(),
-            reason: scrub(reason, self.password.as_deref()),
+            reason,
         }
     }
 
@@ -309,8 +448,15 @@ impl Database {
     }
 
     /// Check the table exists with every configured column and the `version` rule; say whether
-    /// it has an `id`.
+    /// it has an `id`. Always asks the database (and remembers the answer for the next loads).
     pub fn table_info(&mut self) -> Result<TableInfo, DbError> {
+        self.info = None;
+        let info = self.examine_table()?;
+        self.info = Some(info.clone());
+        Ok(info)
+    }
+
+    fn examine_table(&mut self) -> Result<TableInfo, DbError> {
         let table = self.names.table_name.clone();
         let found = self
             .backend
@@ -380,25 +526,82 @@ impl Database {
         Ok(())
     }
 
-    /// Read the whole table with one query (after the catalog look of [`Database::table_info`]).
-    /// Rows come in `id` order when there is an `id`, every value cleaned by [`clean`].
+    /// Read the whole table with one query. The catalog look of [`Database::table_info`] runs
+    /// first only on a new connection or after a failed load; a query that fails on the server
+    /// with the table info remembered is diagnosed with it (so a dropped column is reported as
+    /// [`DbError::ColumnMissing`], not as the server's words). A connection that served an
+    /// earlier load and is found broken (the server restarted in between, or went away during
+    /// this load) is reopened once, at once. Rows come in `id` order when there is an `id`, every
+    /// value cleaned by [`clean`].
     pub fn load_rows(&mut self) -> Result<Vec<RawRow>, DbError> {
+        if self.backend.stale() {
+            log::info!("reopening {}", self.url);
+            self.reconnect()?;
+        }
+        let reused = self.used;
+        self.last_failure.set(None);
+        let rows = match self.load_once() {
+            Err(lost) if reused && self.last_failure.get() == Some(FailKind::Link) => {
+                log::info!("{lost}; reconnecting");
+                match self.reconnect() {
+                    Ok(()) => self.load_once(),
+                    // Say both: the server went away, and is not back.
+                    Err(DbError::Connect { url, reason }) => Err(DbError::Connect {
+                        url,
+                        reason: format!("{reason} (after losing the connection: {lost})"),
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
+            r => r,
+        };
+        match rows {
+            Ok(rows) => {
+                self.used = true;
+                Ok(rows)
+            }
+            Err(e) => {
+                self.info = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn load_once(&mut self) -> Result<Vec<RawRow>, DbError> {
+        let what = format!("reading table {}", self.names.table_name);
+        if let Some(info) = self.info.clone() {
+            match self.select(&info) {
+                Ok(rows) => return Ok(rows),
+                // The table may have changed since we looked (a column gone, a type changed
+                // under a prepared statement): look again, then say what is wrong with it or
+                // read it as it is now.
+                Err(f) if f.kind == FailKind::Statement => {
+                    log::debug!(
+                        "reading table {} failed ({}); looking again",
+                        self.names.table_name,
+                        scrub(f.message, self.password.as_deref())
+                    );
+                }
+                Err(f) => return Err(self.query_error(&what, f)),
+            }
+        }
         let info = self.table_info()?;
+        self.select(&info).map_err(|f| self.query_error(&what, f))
+    }
+
+    /// The one query of a load, for a table as `info` describes it.
+    fn select(&mut self, info: &TableInfo) -> Result<Vec<RawRow>, Failure> {
         let mut select: Vec<String> = Vec::new();
         if info.has_id {
             select.push(self.ident("id"));
         }
         select.extend(self.columns().iter().map(|(_, c)| self.ident(c)));
-        let table = self.names.table_name.clone();
-        let mut sql = format!("SELECT {} FROM {}", select.join(", "), self.ident(&table));
+        let table = &self.names.table_name;
+        let mut sql = format!("SELECT {} FROM {}", select.join(", "), self.ident(table));
         if info.has_id {
             sql.push_str(&format!(" ORDER BY {}", self.ident("id")));
         }
-        let what = format!("reading table {table}");
-        let rows = self
-            .backend
-            .query(&sql, &[])
-            .map_err(|e| self.query_error(&what, e))?;
+        let rows = self.backend.query(&sql, &[])?;
         Ok(rows
             .into_iter()
             .map(|cells| {
@@ -464,7 +667,7 @@ impl Database {
         let tos = match (&row.tos, info.tos_is_integer) {
             (Some(t), true) => match parse_tos(t) {
                 Ok(v) => Param::Int(v.into()),
-                Err(e) => return Err(self.query_error("inserting a row", e)),
+                Err(e) => return Err(self.query_error("inserting a row", Failure::statement(e))),
             },
             (t, _) => Param::Text(t.clone()),
         };
@@ -515,6 +718,32 @@ impl Database {
         self.backend
             .execute(&sql, &[Param::Text(Some(socket.trim_end().to_string()))])
             .map_err(|e| self.query_error("deleting rows", e))
+    }
+}
+
+/// The backend of a [`Database`] between two connections (and after a failed reconnect): always
+/// stale, so the next load connects again; every call fails as a lost link.
+struct Closed;
+
+impl Backend for Closed {
+    fn stale(&self) -> bool {
+        // The next load tries to connect again.
+        true
+    }
+    fn columns(&mut self, _: &str) -> Result<Option<Vec<Column>>, Failure> {
+        Err(Failure::link("not connected".into()))
+    }
+    fn query(&mut self, _: &str, _: &[Param]) -> Result<Vec<Cells>, Failure> {
+        Err(Failure::link("not connected".into()))
+    }
+    fn execute(&mut self, _: &str, _: &[Param]) -> Result<u64, Failure> {
+        Err(Failure::link("not connected".into()))
+    }
+    fn insert(&mut self, _: &str, _: &[Param], _: bool) -> Result<Option<i64>, Failure> {
+        Err(Failure::link("not connected".into()))
+    }
+    fn batch(&mut self, _: &[String]) -> Result<(), Failure> {
+        Err(Failure::link("not connected".into()))
     }
 }
 

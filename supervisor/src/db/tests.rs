@@ -272,3 +272,146 @@ fn the_shipped_scripts_match_the_init_schema() {
         assert!(script.contains("INSERT INTO"), "{file}: version row");
     }
 }
+
+#[test]
+fn timeout_errors_name_the_setting() {
+    let e = DbError::Timeout {
+        server: "PostgreSQL",
+        step: "query",
+        after: Duration::from_millis(2500),
+        what: "reading table sockets".into(),
+        url: "postgres://u:***@h/d".into(),
+        reason: "canceling statement due to lock timeout".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "PostgreSQL query timed out after 2.5 s ([sockets_mgm] db_timeout): reading table \
+         sockets (postgres://u:***@h/d): canceling statement due to lock timeout"
+    );
+    let e = DbError::Timeout {
+        server: "SQLite",
+        step: "query",
+        after: Duration::from_secs(5),
+        what: "reading table sockets".into(),
+        url: "sqlite://s.db".into(),
+        reason: "database is locked".into(),
+    };
+    assert!(e.to_string().contains("timed out after 5 s ("), "{e}");
+}
+
+#[test]
+fn after_a_good_load_a_changed_table_is_still_reported_clearly() {
+    let dir = Scratch::new("cached");
+    let cfg = dir.cfg();
+    ensure_sqlite_default(&cfg).unwrap();
+    let mut db = Database::connect(&cfg).unwrap();
+    db.insert(&row("udp:127.0.0.1:5070")).unwrap();
+    assert_eq!(db.load_rows().unwrap().len(), 1);
+    // The table info is remembered: the next load is the SELECT alone, and still right.
+    dir.sql("INSERT INTO sockets (socket) VALUES ('udp:127.0.0.1:5071')");
+    assert_eq!(db.load_rows().unwrap().len(), 2);
+
+    dir.sql("ALTER TABLE sockets DROP COLUMN tag");
+    let e = db.load_rows().unwrap_err();
+    assert!(
+        matches!(&e, DbError::ColumnMissing { column, .. } if column == "tag"),
+        "{e}"
+    );
+    dir.sql("DROP TABLE sockets");
+    let e = db.load_rows().unwrap_err();
+    assert!(matches!(e, DbError::TableMissing { .. }), "{e}");
+    // Recovers on the same connection once the table is back.
+    db.init().unwrap();
+    assert!(db.load_rows().unwrap().is_empty());
+}
+
+#[test]
+fn a_locked_sqlite_file_times_out_after_db_timeout() {
+    let dir = Scratch::new("busy");
+    let cfg = SocketsMgm {
+        db_timeout: Duration::from_millis(200),
+        ..dir.cfg()
+    };
+    ensure_sqlite_default(&cfg).unwrap();
+    let mut db = Database::connect(&cfg).unwrap();
+    assert!(db.load_rows().unwrap().is_empty());
+    let holder = rusqlite::Connection::open(dir.0.join("s.db")).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let e = db.load_rows().unwrap_err();
+    assert!(matches!(e, DbError::Timeout { step: "query", .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("SQLite query timed out after 0.2 s ([sockets_mgm] db_timeout)"),
+        "{e}"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert!(db.load_rows().unwrap().is_empty());
+}
+
+#[test]
+fn a_sqlite_file_replaced_by_a_rename_is_reopened() {
+    let dir = Scratch::new("rename");
+    let cfg = dir.cfg();
+    ensure_sqlite_default(&cfg).unwrap();
+    let mut db = Database::connect(&cfg).unwrap();
+    assert!(db.load_rows().unwrap().is_empty());
+
+    // A new file with one row moved into place: the load reads it, not the unlinked old one.
+    let next = SocketsMgm {
+        db_url: format!("sqlite://{}", dir.0.join("next.db").display()),
+        ..SocketsMgm::default()
+    };
+    let mut other = Database::create(&next).unwrap();
+    other.init().unwrap();
+    other.insert(&row("udp:127.0.0.1:5070")).unwrap();
+    drop(other);
+    std::fs::rename(dir.0.join("next.db"), dir.0.join("s.db")).unwrap();
+    assert_eq!(db.load_rows().unwrap().len(), 1);
+
+    // Garbage moved into place: a clear error, and the good file back is read again.
+    std::fs::copy(dir.0.join("s.db"), dir.0.join("good.db")).unwrap();
+    std::fs::write(dir.0.join("bad.db"), vec![b'x'; 4096]).unwrap();
+    std::fs::rename(dir.0.join("bad.db"), dir.0.join("s.db")).unwrap();
+    let e = db.load_rows().unwrap_err();
+    assert!(matches!(e, DbError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains("not a database"), "{e}");
+    std::fs::rename(dir.0.join("good.db"), dir.0.join("s.db")).unwrap();
+    assert_eq!(db.load_rows().unwrap().len(), 1);
+}
+
+/// A TCP listener that completes the handshake (the kernel's backlog) but never says a word: a
+/// server that hangs.
+fn silent_server() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+#[test]
+fn a_server_that_never_answers_the_connection_times_out() {
+    let (_listener, port) = silent_server();
+    for url in [
+        format!("postgres://u:secret@127.0.0.1:{port}/d"),
+        format!("mysql://u:secret@127.0.0.1:{port}/d"),
+    ] {
+        let cfg = SocketsMgm {
+            db_url: url.clone(),
+            db_timeout: Duration::from_millis(300),
+            ..SocketsMgm::default()
+        };
+        let e = Database::connect(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DbError::Timeout {
+                    step: "connection",
+                    ..
+                }
+            ),
+            "{url}: {e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains("connection timed out after 0.3 s"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+}
