@@ -418,14 +418,23 @@ fn core_mi_commands_answer_in_the_opensips_shapes() {
         "core",
         Opts {
             processes: 2,
+            extra: "[tcp]\nworkers = 1\n".into(),
             ..Opts::default()
         },
     );
     let ps = d.mi("ps").unwrap();
     let procs = ps["Processes"].as_array().unwrap();
-    assert_eq!(procs.len(), 3);
-    assert_eq!(procs[0]["Type"], "supervisor");
-    assert_eq!(procs[1]["Type"], "udp worker 0");
+    let types: Vec<&str> = procs.iter().map(|p| p["Type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "supervisor",
+            "udp worker 0",
+            "udp worker 1",
+            "stream worker 0"
+        ]
+    );
+    assert!(procs.iter().all(|p| p["PID"].as_u64().unwrap() > 0), "{ps}");
     assert!(d.mi("version").unwrap()["Server"]
         .as_str()
         .unwrap()

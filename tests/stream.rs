@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn connect(port: u16) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
     s
 }
 

@@ -352,7 +352,7 @@ impl State {
             let shm = &self.shm;
             let load = |rank: u32| {
                 shm.worker(WorkerKind::Stream, rank)
-                    .map_or(0, stream_connections)
+                    .map_or(0, |r| r.connections())
             };
             let open: u64 =
                 (0..self.config.tcp.workers).map(load).sum::<u64>() + self.pool.handed_off();
@@ -488,9 +488,4 @@ impl mi::Handler for State {
         }
         Ok(json!({ "Processes": procs }))
     }
-}
-
-/// Open connections of a stream worker (LEAD-TODO: the shm gauge is being added; 0 until then).
-fn stream_connections(_rec: &shm::WorkerRecord) -> u64 {
-    0
 }

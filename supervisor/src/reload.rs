@@ -31,8 +31,9 @@ pub struct Served<'a> {
 
 /// Check that TLS material makes a server configuration (the workers build the same one).
 fn check_tls(m: &TlsMaterial) -> Result<(), String> {
-    let _ = m;
-    Ok(())
+    worker::stream::tls_server_config(m)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// What [`diff`] needs to know of a running socket.

@@ -34,6 +34,7 @@ use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// Exit status after a control message the worker does not understand (the supervisor starts
 /// a new worker and gives it the whole current state).
@@ -44,6 +45,9 @@ pub const BATCH: usize = 32;
 
 /// Batches taken from one socket per wakeup before moving on to the other ready sockets.
 pub const BATCHES_PER_WAKEUP: usize = 8;
+
+/// How often a worker looks for datagrams whose wakeup went to a worker that never read them.
+pub const AUDIT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The epoll token of the control socket; a UDP socket's token is its slot index.
 const CONTROL_TOKEN: u64 = u64::MAX;
@@ -76,12 +80,14 @@ pub enum ServeError {
 /// Run a worker on `control` until `Shutdown` (0), the supervisor closing its end (0), or a
 /// control message it cannot take ([`EXIT_BAD_CONTROL`]).
 ///
+/// A stream worker (`kind` [`WorkerKind::Stream`]) runs [`crate::stream::serve`] instead.
+///
 /// Sends `Hello`, waits for `Setup` (which brings the shm file), then serves. In the `worker`
 /// process this is called by [`crate::run`]; tests call it on a thread with one end of
 /// [`Channel::pair`].
 pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeError> {
-    if kind != WorkerKind::Udp {
-        return Err(ServeError::Unsupported(kind));
+    if kind == WorkerKind::Stream {
+        return crate::stream::serve(control, rank);
     }
     let hello = FromWorker::Hello {
         rank,
@@ -128,11 +134,14 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
     poller
         .add(control.as_fd(), CONTROL_TOKEN)
         .map_err(ServeError::Poll)?;
+    let audit = Poller::new().map_err(ServeError::Poll)?;
     let mut worker = Worker {
         kind,
         rank,
         control,
         poller,
+        audit,
+        last_audit: Instant::now(),
         responder,
         shm,
         sockets: HashMap::new(),
@@ -164,6 +173,13 @@ struct Worker {
     rank: u32,
     control: Channel,
     poller: Poller,
+    /// Every socket again, non-exclusive, never waited on: polled with a zero timeout every
+    /// AUDIT_INTERVAL to find datagrams that wait in a socket's queue because the worker that took
+    /// their wakeup was stopped or killed before reading them (EPOLLEXCLUSIVE wakes one waiter,
+    /// and that one wakeup is then spent). Without it such a datagram would wait for the next one
+    /// on the same socket.
+    audit: Poller,
+    last_audit: Instant,
     responder: Responder,
     shm: Attached,
     sockets: HashMap<u32, Served>,
@@ -182,10 +198,13 @@ impl Worker {
         loop {
             let n = self
                 .poller
-                .wait(&mut events, None)
+                .wait(&mut events, Some(AUDIT_INTERVAL))
                 .map_err(ServeError::Poll)?;
+            if self.last_audit.elapsed() >= AUDIT_INTERVAL {
+                self.audit(&mut events)?;
+            }
             if n == 0 {
-                // Interrupted (e.g. stopped and continued): not a wakeup by traffic.
+                // Timed out, or interrupted (e.g. stopped and continued): not a wakeup by traffic.
                 continue;
             }
             if let Some(record) = self.shm.worker(self.kind, self.rank) {
@@ -207,6 +226,24 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Serve every socket that has datagrams waiting although no worker was woken for them.
+    fn audit(&mut self, events: &mut [sys::Event]) -> Result<(), ServeError> {
+        self.last_audit = Instant::now();
+        let n = self
+            .audit
+            .wait(events, Some(Duration::ZERO))
+            .map_err(ServeError::Poll)?;
+        let slots: Vec<u32> = events
+            .iter()
+            .take(n)
+            .filter_map(|e| u32::try_from(sys::event_token(e)).ok())
+            .collect();
+        for slot in slots {
+            self.serve_socket(slot);
+        }
+        Ok(())
     }
 
     /// Handle one control message (the socket is readable: this does not block).
@@ -369,6 +406,10 @@ impl Worker {
         self.poller
             .add_exclusive(socket.as_fd(), u64::from(info.slot))
             .map_err(|e| format!("epoll: {e}"))?;
+        if let Err(e) = self.audit.add(socket.as_fd(), u64::from(info.slot)) {
+            let _ = self.poller.delete(socket.as_fd());
+            return Err(format!("epoll (audit): {e}"));
+        }
         log::debug!(
             "udp worker {}: serving slot {} on {local}",
             self.rank,
@@ -409,6 +450,7 @@ impl Worker {
             if let Err(e) = self.poller.delete(served.socket.as_fd()) {
                 log::warn!("udp worker {}: epoll delete of slot {slot}: {e}", self.rank);
             }
+            let _ = self.audit.delete(served.socket.as_fd());
         }
     }
 
