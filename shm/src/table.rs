@@ -184,6 +184,13 @@ impl Table {
             .map_or(0, |s| s.received.load(Relaxed))
     }
 
+    /// Open connections of a stream socket (0 for a datagram socket or a bad index).
+    pub fn slot_connections(&self, index: u32) -> u64 {
+        self.region.slot(index).map_or(0, |s| {
+            u64::try_from(s.connections.load(Relaxed)).unwrap_or(0)
+        })
+    }
+
     /// Records the reload generation just applied.
     pub fn set_generation(&self, generation: u64) {
         self.region.header().generation.store(generation, Release);

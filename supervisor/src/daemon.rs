@@ -471,6 +471,12 @@ impl mi::Handler for State {
                     o.insert("error".into(), json!(e));
                 }
                 o.insert("received".into(), json!(self.shm.slot_received(r.slot)));
+                if !r.def.proto.is_datagram() {
+                    o.insert(
+                        "connections".into(),
+                        json!(self.shm.slot_connections(r.slot)),
+                    );
+                }
                 Value::Object(o)
             })
             .collect();
@@ -478,6 +484,7 @@ impl mi::Handler for State {
             "generation": self.sockets.generation(),
             "sockets": sockets,
             "workers": self.pool.status_json(&self.shm),
+            "refused_connections": self.refused_connections,
         }))
     }
 

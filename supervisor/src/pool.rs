@@ -531,6 +531,7 @@ impl Pool {
                     "received": rec.map_or(0, |r| r.received()),
                     "replied": rec.map_or(0, |r| r.replied()),
                     "dropped": rec.map_or(0, |r| r.dropped()),
+                    "connections": rec.map_or(0, |r| r.connections()),
                 })
             })
             .collect()
