@@ -337,8 +337,8 @@ impl State {
     fn accept(&mut self, slot: u32) {
         let max = u64::from(self.config.tcp.max_connections);
         loop {
-            let accepted = match self.sockets.listeners().find(|(s, _)| *s == slot) {
-                Some((_, fd)) => sys::accept(fd),
+            let accepted = match self.sockets.listener(slot) {
+                Some(fd) => sys::accept(fd),
                 None => return,
             };
             let (conn, peer) = match accepted {

@@ -196,6 +196,8 @@ pub struct Sockets {
     running: HashMap<Identity, Running>,
     /// Identities in the order of the last applied table.
     order: Vec<Identity>,
+    /// Bound stream sockets by slot: the listeners the event loop accepts on.
+    listeners: HashMap<u32, Identity>,
     generation: u64,
 }
 
@@ -227,10 +229,15 @@ impl Sockets {
 
     /// The stream listeners, by slot, for the event loop to accept on.
     pub fn listeners(&self) -> impl Iterator<Item = (u32, BorrowedFd<'_>)> {
-        self.running
-            .values()
-            .filter(|r| !r.def.proto.is_datagram())
-            .filter_map(|r| r.fd.as_ref().map(|fd| (r.slot, fd.as_fd())))
+        self.listeners
+            .keys()
+            .filter_map(|slot| self.listener(*slot).map(|fd| (*slot, fd)))
+    }
+
+    /// The listener of the stream socket in `slot`, if it is bound.
+    pub fn listener(&self, slot: u32) -> Option<BorrowedFd<'_>> {
+        let r = self.running.get(self.listeners.get(&slot)?)?;
+        r.fd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Number of sockets (bound or not) holding a slot.
@@ -406,6 +413,12 @@ impl Sockets {
         ));
 
         self.order = table_defs.iter().map(SocketDef::identity).collect();
+        self.listeners = self
+            .running
+            .iter()
+            .filter(|(_, r)| !r.def.proto.is_datagram() && r.fd.is_some())
+            .map(|(id, r)| (r.slot, *id))
+            .collect();
         report.failures = self.failures();
         report.failures.extend(tls_errors);
         shm.set_generation(generation);
