@@ -208,7 +208,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             sync_listeners(&poll, &state.sockets, &mut listening);
             synced_generation = Some(state.sockets.generation());
         }
-        state.pool.settle_hand_offs();
         let now = Instant::now();
         let mut timeout = next_start.map(|t| t.saturating_duration_since(now));
         if let Some(t) = mi_server.poll_timeout() {
@@ -354,8 +353,8 @@ impl State {
                 shm.worker(WorkerKind::Stream, rank)
                     .map_or(0, |r| r.connections())
             };
-            let open: u64 =
-                (0..self.config.tcp.workers).map(load).sum::<u64>() + self.pool.handed_off();
+            // Includes every connection handed over and not yet closed (raised at the hand-off).
+            let open: u64 = (0..self.config.tcp.workers).map(load).sum();
             if open >= max {
                 self.refused_connections += 1;
                 warn!(
@@ -363,7 +362,7 @@ impl State {
                 );
                 continue; // dropping `conn` closes it
             }
-            if let Err(conn) = self.pool.hand_off(slot, peer, conn, load) {
+            if let Err(conn) = self.pool.hand_off(slot, peer, conn, &self.shm) {
                 self.refused_connections += 1;
                 warn!(
                     "slot {slot}: connection from {peer} refused: no stream worker could take it"

@@ -102,8 +102,6 @@ pub struct Worker {
     needs: u64,
     /// How many times this rank was started (to tell one process's channel from the next).
     spawns: u64,
-    /// Connections handed over in this event-loop turn (not yet in the worker's gauge).
-    handed: u64,
     acked: u64,
 }
 
@@ -167,7 +165,6 @@ impl Pool {
                 backoff: Duration::ZERO,
                 needs: 0,
                 spawns: 0,
-                handed: 0,
                 acked: 0,
             })
             .collect();
@@ -321,6 +318,8 @@ impl Pool {
                         rec.set_pid(0);
                         rec.add_restart();
                     }
+                    // Its connections died with it; the next process of this rank starts at 0.
+                    shm.reset_worker_connections(w.kind, w.rank);
                 }
                 Ok(None) => {}
                 Err(e) => warn!("{} worker {}: wait failed: {e}", w.kind, w.rank),
@@ -429,63 +428,45 @@ impl Pool {
     }
 
     /// Hand an accepted connection of stream socket `slot` to the least-loaded stream worker that
-    /// takes it without waiting (a stalled worker is skipped, never waited for). `load` gives each
-    /// stream worker's current connection count. Returns the rank, or the connection back when no
-    /// worker took it.
-    pub fn hand_off(
-        &mut self,
-        slot: u32,
-        peer: SocketAddr,
-        conn: OwnedFd,
-        load: impl Fn(u32) -> u64,
-    ) -> Result<u32, OwnedFd> {
+    /// takes it without waiting (a stalled worker is skipped, never waited for). The worker's
+    /// connection gauge in shm is raised here, at the hand-off, so the next choice (and the
+    /// max_connections check) sees it at once; the worker lowers it when the connection ends (or
+    /// when it refuses it), and a dead worker's gauge is reset when it is reaped. Returns the
+    /// rank, or the connection back when no worker took it.
+    pub fn hand_off(&mut self, slot: u32, peer: SocketAddr, conn: OwnedFd, shm: &Table) -> Result<u32, OwnedFd> {
+        let load = |rank: u32| shm.worker(WorkerKind::Stream, rank).map_or(0, |r| r.connections());
         let mut candidates: Vec<(u64, usize)> = self
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| {
-                w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready
-            })
-            .map(|(i, w)| (load(w.rank) + w.handed, i))
+            .filter(|(_, w)| w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready)
+            .map(|(i, w)| (load(w.rank), i))
             .collect();
         candidates.sort_unstable();
         let msg = ToWorker::Conn { slot, peer }.encode();
         for (_, i) in candidates {
-            let w = &mut self.workers[i];
-            let Some(ch) = w.channel.as_ref() else {
-                continue;
-            };
+            let w = &self.workers[i];
+            let Some(ch) = w.channel.as_ref() else { continue };
+            let record = shm.worker(WorkerKind::Stream, w.rank);
+            // Counted before the send: the worker may take it and close it before we get back.
+            if let Some(r) = record {
+                r.add_connections(1);
+            }
             match ch.try_send(&msg, &[conn.as_fd()]) {
-                Ok(()) => {
-                    w.handed += 1;
-                    return Ok(w.rank);
+                Ok(()) => return Ok(w.rank),
+                Err(e) => {
+                    if let Some(r) = record {
+                        r.add_connections(-1);
+                    }
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        debug!("stream worker {} is not taking connections now; trying another", w.rank);
+                    } else {
+                        warn!("stream worker {}: cannot hand a connection over: {e}", w.rank);
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    debug!(
-                        "stream worker {} is not taking connections now; trying another",
-                        w.rank
-                    );
-                }
-                Err(e) => warn!(
-                    "stream worker {}: cannot hand a connection over: {e}",
-                    w.rank
-                ),
             }
         }
         Err(conn)
-    }
-
-    /// Connections handed over in this event-loop turn.
-    pub fn handed_off(&self) -> u64 {
-        self.workers.iter().map(|w| w.handed).sum()
-    }
-
-    /// Forget the hand-offs counted since the last call: by now the workers' own connection
-    /// gauges include them. Called once per event-loop turn.
-    pub fn settle_hand_offs(&mut self) {
-        for w in &mut self.workers {
-            w.handed = 0;
-        }
     }
 
     /// Ask every worker to exit; returns once all have exited or `deadline` passed (the rest are

@@ -647,6 +647,10 @@ impl Worker {
                 self.rank
             );
             self.count_dropped();
+            // Undo the supervisor's count of the hand-off.
+            if let Some(record) = self.shm.worker(WorkerKind::Stream, self.rank) {
+                record.add_connections(-1);
+            }
         }
     }
 
@@ -731,9 +735,8 @@ impl Worker {
             s.conns += 1;
         }
         self.open += 1;
-        if let Some(record) = self.shm.worker(WorkerKind::Stream, self.rank) {
-            record.add_connections(1);
-        }
+        // The worker gauge was raised by the supervisor when it handed the connection over (so
+        // its next choice already sees it); the worker lowers it when the connection ends.
         self.shm.add_slot_connections(slot, 1);
         log::debug!(
             "stream worker {}: {proto} connection from {peer} on slot {slot} ({} open)",
