@@ -269,3 +269,39 @@ fn an_open_file_limit_too_low_for_max_sockets_is_a_clear_error_at_start() {
         "a refused start left files behind"
     );
 }
+
+#[test]
+fn a_worker_that_dies_at_once_each_time_is_restarted_with_a_growing_delay() {
+    let d = Daemon::start(
+        "crashloop",
+        Opts {
+            processes: 1,
+            extra: "[tcp]\nworkers = 1\n".into(),
+            ..Opts::default()
+        },
+    );
+    let ports = d.serve_udp(1);
+    let mut last = d.worker_pids()[0];
+    for _ in 0..5 {
+        signal(last, libc::SIGKILL);
+        // Kill the next one as soon as it exists: it never lives long enough to count as stable.
+        let dump = d.wait_dump("the next worker process", |dump| {
+            let pid = dump["workers"][0]["pid"].as_u64().unwrap_or(0) as u32;
+            pid != 0 && pid != last
+        });
+        last = dump["workers"][0]["pid"].as_u64().unwrap() as u32;
+    }
+    let log = d.log_text();
+    for delay in ["in 100 ms", "in 200 ms", "in 400 ms", "in 800 ms"] {
+        assert!(
+            log.contains(&format!("restarting it {delay}")),
+            "no restart {delay} in the log:\n{log}"
+        );
+    }
+    // The daemon stayed up and answers; left alone, the worker comes back and serves.
+    assert!(d.mi("version").is_ok());
+    d.wait_dump("the worker ready again", |dump| {
+        dump["workers"][0]["state"] == "ready"
+    });
+    assert!(options(&client("127.0.0.1"), udp("127.0.0.1", ports[0]), 1).is_some());
+}
