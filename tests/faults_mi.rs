@@ -359,13 +359,10 @@ fn garbage_and_broken_json_are_logged_and_the_fifo_recovers() {
 /// A writer that sends half a request and keeps the FIFO open: requests from other clients that
 /// arrive meanwhile must still be answered.
 ///
-/// Fails today (reported to the lead): the parser takes the other clients' requests for the rest
-/// of the unfinished value (its brackets never balance), so nobody is answered until the staller
-/// closes. A fix that makes this pass: give an unfinished request a deadline (say 1 s without its
-/// end), then answer it with a parse error and resynchronise just after its first byte, as is
-/// already done at end-of-file, so that the requests it swallowed are found again.
+/// Regression: the parser used to take the other clients' requests for the rest of the unfinished
+/// value, so nobody was answered until the staller closed. An unfinished request now ends at its
+/// deadline (`REQUEST_STALL`) with a parse error, and the requests it swallowed are served.
 #[test]
-#[ignore = "MI FIFO: a half-written request held open blocks every other client (reported)"]
 fn a_half_written_request_held_open_does_not_hold_up_the_others() {
     let d = Daemon::start("mi-stall", Opts::default());
     let (opened_tx, opened_rx) = mpsc::channel();

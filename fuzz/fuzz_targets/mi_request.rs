@@ -1,19 +1,25 @@
 //! The MI FIFO request-stream parser (`supervisor::mi::proto::RequestParser`) on arbitrary bytes
-//! delivered in arbitrary reads, with the writer closing (end-of-file) where the fuzzer says.
+//! delivered in arbitrary reads, with the writer closing (end-of-file) or stalling past
+//! `REQUEST_STALL` where the fuzzer says.
 //!
 //! Input layout: byte 0 = flags (bit 0: also call `finish` at every cut, as when the writers of a
-//! FIFO come and go between reads), byte 1 = number of cuts (mod 16), two bytes per cut
+//! FIFO come and go between reads; bit 1: at every cut the writer stalls, i.e. `expire` is called
+//! `REQUEST_STALL` after the read), byte 1 = number of cuts (mod 16), two bytes per cut
 //! (little-endian offset), then the bytes written to the FIFO.
+//!
+//! The clock is explicit (`push_at`), so how long a run takes never changes what it checks.
 //!
 //! Checks: no panic; a reply name that comes out is one `check_reply_name` accepts (never `.`, `/`
 //! or `\`: it is joined to `reply_dir`); every reply encodes to one JSON line; without
-//! end-of-files in between, the requests and errors do not depend on how reads split the bytes;
-//! after `finish` the parser is idle and the next writer's request is served.
+//! end-of-files or stalls in between, the requests and errors do not depend on how reads split the
+//! bytes; after a stall nothing is left with a deadline; after `finish` the parser is idle; after
+//! either, the next writer's request is served.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use supervisor::mi::proto::{check_reply_name, encode_reply, Frame, RequestParser};
+use std::time::Instant;
+use supervisor::mi::proto::{check_reply_name, encode_reply, Frame, RequestParser, REQUEST_STALL};
 
 /// Everything but the text of drops, which depends on where reads split garbage.
 #[derive(Debug, PartialEq)]
@@ -71,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let eof_at_cuts = flags & 1 == 1;
+    let stall_at_cuts = flags & 2 == 2;
     let ncuts = usize::from(cuts % 16);
     let Some((cut_bytes, stream)) = rest.split_at_checked(2 * ncuts) else {
         return;
@@ -81,30 +88,52 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     cuts.sort_unstable();
 
+    let t0 = Instant::now();
+    let mut now = t0;
     let mut pieces = RequestParser::new();
     let mut seen_pieces = Vec::new();
     let mut at = 0;
     for cut in cuts.into_iter().chain([stream.len()]) {
-        check(pieces.push(&stream[at..cut]), &mut seen_pieces);
+        check(pieces.push_at(&stream[at..cut], now), &mut seen_pieces);
+        if let Some(deadline) = pieces.deadline() {
+            assert!(deadline > now, "a deadline already past after a read");
+        }
+        if stall_at_cuts {
+            now += REQUEST_STALL;
+            check(pieces.expire(now), &mut seen_pieces);
+            assert_eq!(pieces.deadline(), None, "left unfinished after a stall");
+        }
         if eof_at_cuts {
             check(pieces.finish(), &mut seen_pieces);
             assert!(pieces.is_idle());
         }
         at = cut;
     }
+    if stall_at_cuts {
+        // A writer that stalled is served once the next one comes, without any end-of-file.
+        let mut stalled = RequestParser::new();
+        let mut ignored = Vec::new();
+        check(stalled.push_at(stream, t0), &mut ignored);
+        check(stalled.expire(t0 + REQUEST_STALL), &mut ignored);
+        let frames = stalled.push_at(NEXT, t0 + REQUEST_STALL);
+        match &frames[..] {
+            [Frame::Request(r)] => assert_eq!(r.method, "version"),
+            other => panic!("next writer's request not served after a stall: {other:?}"),
+        }
+    }
     check(pieces.finish(), &mut seen_pieces);
     assert!(pieces.is_idle());
 
-    if !eof_at_cuts {
+    if !eof_at_cuts && !stall_at_cuts {
         let mut whole = RequestParser::new();
         let mut seen_whole = Vec::new();
-        check(whole.push(stream), &mut seen_whole);
+        check(whole.push_at(stream, t0), &mut seen_whole);
         check(whole.finish(), &mut seen_whole);
         assert_eq!(seen_whole, seen_pieces);
     }
 
     // Whatever came before, the next writer is served.
-    let frames = pieces.push(NEXT);
+    let frames = pieces.push_at(NEXT, now);
     match &frames[..] {
         [Frame::Request(r)] => assert_eq!(r.method, "version"),
         other => panic!("next writer's request not served: {other:?}"),

@@ -254,7 +254,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         if stop {
             break;
         }
-        mi_server.on_tick();
+        for req in mi_server.on_tick() {
+            let result = mi::dispatch(&req, started, &mut state);
+            mi_server.reply(&req, result);
+        }
         let served = state.sockets.served();
         next_start = state
             .pool

@@ -94,14 +94,14 @@ pub struct RowError {
     /// The row's `id`, if the table has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
-    /// The row's socket text, if any.
+    /// The row's socket text, if any ([capped](cap_shown) at [`MAX_SHOWN`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
     /// The column at fault (`socket`, `advertised`, `tag`, `flags`, `tos`), or `None` for a
     /// table-level error (duplicate identity, too many rows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
-    /// The offending value.
+    /// The offending value ([capped](cap_shown) at [`MAX_SHOWN`] bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// What is wrong, in words.
@@ -110,6 +110,23 @@ pub struct RowError {
 
 /// Longest `socket`, `advertised`, `tag` or `flags` value accepted: the schema's CHAR(128).
 pub const MAX_TEXT: usize = 128;
+
+/// Most bytes of a row's text a [`RowError`] repeats: a table of many huge bad values would
+/// otherwise make a reply (and a log line) of megabytes. The reason still gives the real length.
+pub const MAX_SHOWN: usize = 256;
+
+/// `text` when it fits in [`MAX_SHOWN`] bytes; else its first bytes up to [`MAX_SHOWN`], cut on a
+/// character boundary, then `… (N bytes)` with its whole length.
+pub fn cap_shown(text: &str) -> String {
+    if text.len() <= MAX_SHOWN {
+        return text.to_owned();
+    }
+    let cut = (0..=MAX_SHOWN)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
 /// Longest `tos` value accepted: the schema's CHAR(32).
 pub const MAX_TOS_TEXT: usize = 32;
 
@@ -532,9 +549,9 @@ fn parse_one(raw: &RawRow, resolver: &dyn Resolver) -> Result<SocketDef, RowErro
     let raw = raw.normalized();
     let error = |column: &str, value: Option<&String>, reason: String| RowError {
         id: raw.id,
-        socket: raw.socket.clone(),
+        socket: raw.socket.as_deref().map(cap_shown),
         column: Some(column.to_string()),
-        value: value.cloned(),
+        value: value.map(|v| cap_shown(v)),
         reason,
     };
     let Some(text) = &raw.socket else {
@@ -630,11 +647,12 @@ fn describe(def: &SocketDef) -> String {
 }
 
 fn table_error(def: &SocketDef, reason: String) -> RowError {
+    // A valid row's text is at most MAX_TEXT bytes; capped all the same, should that change.
     RowError {
         id: def.id,
-        socket: Some(def.text.clone()),
+        socket: Some(cap_shown(&def.text)),
         column: None,
-        value: Some(def.text.clone()),
+        value: Some(cap_shown(&def.text)),
         reason,
     }
 }
@@ -819,11 +837,51 @@ mod tests {
                 e.reason
             );
         }
+        // The 10 KiB text is repeated capped; the reason keeps the real length.
+        let e = refused(&RawRow {
+            id: Some(7),
+            ..raw(&long)
+        });
+        let shown = format!("{}… (10244 bytes)", &long[..MAX_SHOWN]);
+        assert_eq!(e.value.as_deref(), Some(shown.as_str()));
+        assert_eq!(e.socket.as_deref(), Some(shown.as_str()));
+        assert_eq!(e.reason, "too long: 10244 bytes (at most 128)");
         // The exact text the issue asks for.
         assert_eq!(
             refused(&raw("bin:127.0.0.1")).reason,
             "unsupported protocol bin for dynamic sockets (SIP only: udp, tcp, tls, ws, wss)"
         );
+    }
+
+    #[test]
+    fn shown_texts_are_capped_on_a_char_boundary() {
+        let fits = "a".repeat(MAX_SHOWN);
+        assert_eq!(cap_shown(&fits), fits);
+        assert_eq!(cap_shown(""), "");
+        let over = "a".repeat(MAX_SHOWN + 1);
+        assert_eq!(
+            cap_shown(&over),
+            format!("{}… ({} bytes)", &over[..MAX_SHOWN], MAX_SHOWN + 1)
+        );
+        // 3-byte characters: 256 is inside the 86th, so the cut is before it.
+        let euros = "€".repeat(100);
+        let capped = cap_shown(&euros);
+        assert_eq!(capped, format!("{}… (300 bytes)", "€".repeat(85)));
+        // A 10 KiB tag: only the tag is capped (the socket is short), the reason is exact.
+        let tag = "t".repeat(10 * 1024);
+        let e = refused(&RawRow {
+            tag: Some(tag.clone()),
+            ..raw("udp:127.0.0.1:5070")
+        });
+        assert_eq!(e.column.as_deref(), Some("tag"));
+        assert_eq!(e.socket.as_deref(), Some("udp:127.0.0.1:5070"));
+        assert_eq!(
+            e.value,
+            Some(format!("{}… (10240 bytes)", &tag[..MAX_SHOWN]))
+        );
+        assert_eq!(e.reason, "too long: 10240 bytes (at most 128)");
+        // The log line (Display) stays short too.
+        assert!(e.to_string().len() < 1024, "{e}");
     }
 
     #[test]

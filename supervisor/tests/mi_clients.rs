@@ -205,16 +205,16 @@ fn serve(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("poll: {e}"),
         }
-        for ev in events.iter() {
-            if ev.token() == FIFO {
-                for req in server.on_readable(poll.registry()) {
-                    log.push(&req.method);
-                    let result = dispatch(&req, started, &mut handler);
-                    server.reply(&req, result);
-                }
-            }
+        let mut requests = Vec::new();
+        if events.iter().any(|ev| ev.token() == FIFO) {
+            requests.extend(server.on_readable(poll.registry()));
         }
-        server.on_tick();
+        requests.extend(server.on_tick());
+        for req in requests {
+            log.push(&req.method);
+            let result = dispatch(&req, started, &mut handler);
+            server.reply(&req, result);
+        }
     }
     server.remove();
 }

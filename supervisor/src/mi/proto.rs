@@ -10,15 +10,34 @@
 //! request ends where that value ends (brackets are balanced outside strings), so a writer that keeps
 //! the FIFO open does not delay it, or where the writer closes ([`RequestParser::finish`]). Garbage is
 //! skipped up to the next `:`, where a request may start again.
+//!
+//! All writers share one byte stream, so a request left unfinished by a writer that keeps the FIFO
+//! open would take every later writer's bytes for its own rest. It therefore has
+//! [`REQUEST_STALL`] to end: after that it is cut where the bytes stop, as at end-of-file, and the
+//! requests it swallowed are found again ([`RequestParser::expire`]).
 
 use serde_json::{Map, Value};
+use std::collections::VecDeque;
 use std::fmt;
+use std::time::{Duration, Instant};
 
 /// Largest request accepted; a longer one is skipped without being buffered and answered -32600.
 pub const MAX_REQUEST: usize = 1 << 20;
 
 /// Longest reply name (the longest file name Linux accepts).
 pub const MAX_REPLY_NAME: usize = 255;
+
+/// How long a request may stay unfinished after its first byte arrived.
+///
+/// Clients write a request in one go, so it is complete in microseconds; one still unfinished
+/// after this is from a writer that stopped mid-request while holding the FIFO open, and waiting
+/// longer would hold up every other client. It is answered with a parse error and the bytes after
+/// its first one are parsed again.
+pub const REQUEST_STALL: Duration = Duration::from_secs(1);
+
+/// Bytes arriving within this of the last recorded arrival share its time: the record stays a
+/// few entries long however small the writes, and a request is cut at most this much early.
+const ARRIVAL_GRAIN: Duration = Duration::from_millis(10);
 
 /// A JSON-RPC 2.0 error object.
 #[derive(Debug, Clone, PartialEq)]
@@ -392,12 +411,16 @@ struct Pending {
     scanner: Scanner,
     /// Bytes of this value already thrown away because it is too large.
     discarded: usize,
+    /// When its first byte (the `:` before the reply name) arrived.
+    arrived: Instant,
 }
 
 /// Turns the bytes read from the FIFO into [`Frame`]s.
 ///
 /// Feed it with [`push`](Self::push) as reads return data, and call [`finish`](Self::finish) when
-/// a read returns end-of-file (every writer closed): a request still open then ends there.
+/// a read returns end-of-file (every writer closed): a request still open then ends there. A
+/// request still unfinished [`REQUEST_STALL`] after it began ends at the next
+/// [`push_at`](Self::push_at) or [`expire`](Self::expire) past its [`deadline`](Self::deadline).
 #[derive(Debug, Default)]
 pub struct RequestParser {
     buf: Vec<u8>,
@@ -406,6 +429,12 @@ pub struct RequestParser {
     pending: Option<Pending>,
     /// Skipping the rest of a request that failed to parse (already reported).
     resyncing: bool,
+    /// The last bytes skipped were garbage ending in something other than a blank.
+    after_garbage: bool,
+    /// When the bytes of `buf` arrived: (offset where they start, time), in buffer order. A
+    /// request found while resynchronising keeps the time its bytes really arrived, so requests
+    /// stalled one behind the other all end at their own deadline, not one deadline after another.
+    arrivals: VecDeque<(usize, Instant)>,
 }
 
 enum Step {
@@ -414,27 +443,70 @@ enum Step {
     Wait,
 }
 
+/// Why an unfinished request ends where the buffered bytes end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cut {
+    /// Every writer closed.
+    Closed,
+    /// It has been unfinished for [`REQUEST_STALL`].
+    Stalled,
+}
+
 impl RequestParser {
     /// An empty parser.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Adds bytes read from the FIFO; returns the requests they complete.
+    /// Adds bytes read from the FIFO now; returns the requests they complete.
     pub fn push(&mut self, data: &[u8]) -> Vec<Frame> {
+        self.push_at(data, Instant::now())
+    }
+
+    /// Adds bytes that arrived at `now`; returns the requests they complete, and ends (as
+    /// [`expire`](Self::expire) does) whatever is still unfinished past its deadline.
+    pub fn push_at(&mut self, data: &[u8], now: Instant) -> Vec<Frame> {
+        let recent = self
+            .arrivals
+            .back()
+            .is_some_and(|&(_, t)| now.saturating_duration_since(t) < ARRIVAL_GRAIN);
+        if !data.is_empty() && !recent {
+            self.arrivals.push_back((self.buf.len(), now));
+        }
         self.buf.extend_from_slice(data);
-        let frames = self.run(false);
+        let frames = self.run(None, now);
         self.compact();
         frames
     }
 
+    /// Ends what has been unfinished for [`REQUEST_STALL`] at `now`, as end-of-file would: a parse
+    /// error for it (answered when it has a reply name), then the bytes after its first one are
+    /// parsed again, so the requests of other writers it took for its rest are returned too.
+    pub fn expire(&mut self, now: Instant) -> Vec<Frame> {
+        self.push_at(&[], now)
+    }
+
+    /// When the unfinished request (or reply name) buffered, if any, is to be ended by
+    /// [`expire`](Self::expire).
+    pub fn deadline(&self) -> Option<Instant> {
+        if let Some(p) = &self.pending {
+            return Some(p.arrived + REQUEST_STALL);
+        }
+        let first = self.buf[self.pos..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())?;
+        Some(self.arrival(self.pos + first)? + REQUEST_STALL)
+    }
+
     /// Every writer has closed: whatever is buffered ends here. The parser is empty afterwards.
     pub fn finish(&mut self) -> Vec<Frame> {
-        let frames = self.run(true);
+        let frames = self.run(Some(Cut::Closed), Instant::now());
         self.buf.clear();
         self.pos = 0;
         self.pending = None;
         self.resyncing = false;
+        self.after_garbage = false;
+        self.arrivals.clear();
         frames
     }
 
@@ -443,14 +515,24 @@ impl RequestParser {
         self.pending.is_none() && self.buf[self.pos..].iter().all(u8::is_ascii_whitespace)
     }
 
-    fn run(&mut self, eof: bool) -> Vec<Frame> {
+    /// When the byte at `offset` in the buffer arrived (its batch's time).
+    fn arrival(&self, offset: usize) -> Option<Instant> {
+        let after = self.arrivals.partition_point(|&(o, _)| o <= offset);
+        // Before the first entry only after a too-large value was dropped: its own time then.
+        let i = after.saturating_sub(1);
+        self.arrivals.get(i).map(|&(_, t)| t)
+    }
+
+    /// `closed` is `Some(Cut::Closed)` when every writer has closed: what is unfinished then ends
+    /// whatever its age; else it ends once [`REQUEST_STALL`] old at `now`.
+    fn run(&mut self, closed: Option<Cut>, now: Instant) -> Vec<Frame> {
         let mut frames = Vec::new();
         // Every step but the last consumes bytes or moves from the prefix to the value, so this ends.
         loop {
             let step = if self.pending.is_some() {
-                self.step_value(eof)
+                self.step_value(closed, now)
             } else {
-                self.step_prefix(eof)
+                self.step_prefix(closed, now)
             };
             match step {
                 Step::Frame(f) => frames.push(f),
@@ -469,6 +551,19 @@ impl RequestParser {
             p.start -= self.pos;
             p.scanned -= self.pos;
         }
+        if self.buf.is_empty() {
+            self.arrivals.clear();
+        } else {
+            // Keep the batch the first kept byte belongs to, now starting at 0.
+            let first_kept = self
+                .arrivals
+                .partition_point(|&(o, _)| o <= self.pos)
+                .saturating_sub(1);
+            self.arrivals.drain(..first_kept);
+            for (offset, _) in &mut self.arrivals {
+                *offset = offset.saturating_sub(self.pos);
+            }
+        }
         self.pos = 0;
     }
 
@@ -480,6 +575,7 @@ impl RequestParser {
             .position(|&b| b == b':')
             .map_or(rest.len(), |i| i + 1);
         let reason = format!("{why}, dropped {}", snippet(&rest[..n]));
+        self.after_garbage = !rest[n - 1].is_ascii_whitespace();
         self.pos += n;
         if self.resyncing {
             // The rest of a request already answered with a parse error: not logged again.
@@ -488,12 +584,15 @@ impl RequestParser {
         Step::Frame(Frame::Dropped(reason))
     }
 
-    fn step_prefix(&mut self, eof: bool) -> Step {
+    fn step_prefix(&mut self, closed: Option<Cut>, now: Instant) -> Step {
         let rest = &self.buf[self.pos..];
+        // Blanks end garbage too, wherever a read split it.
         let Some(skip) = rest.iter().position(|b| !b.is_ascii_whitespace()) else {
+            self.after_garbage &= rest.is_empty();
             self.pos = self.buf.len();
             return Step::Wait;
         };
+        self.after_garbage &= skip == 0;
         self.pos += skip;
         let rest = &self.buf[self.pos..];
         if rest[0] != b':' {
@@ -506,33 +605,57 @@ impl RequestParser {
             b.is_ascii_whitespace() || matches!(b, b':' | b'"' | b'{' | b'}' | b'[' | b']' | b',')
         };
         match window.iter().position(stop) {
+            // `::` glued to garbage: the first `:` most likely ends a JSON fragment (`{"key":` left
+            // by a writer that stopped) and the request starts at the second; else an empty reply
+            // name would take that request's name for its value and lose it.
+            Some(0) if window[0] == b':' && self.after_garbage => {
+                self.pos += 1;
+                self.after_garbage = false;
+                Step::Again
+            }
             Some(i) if window[i] == b':' => {
                 let name = check_reply_name(&window[..i]);
+                let arrived = self.arrival(self.pos).unwrap_or(now);
                 self.pos += i + 2;
                 self.resyncing = false;
+                self.after_garbage = false;
                 self.pending = Some(Pending {
                     name,
                     start: self.pos,
                     scanned: self.pos,
                     scanner: Scanner::default(),
                     discarded: 0,
+                    arrived,
                 });
                 Step::Again
             }
             Some(_) => self.skip_garbage("not a request (bad reply name)"),
             None if window.len() > MAX_REPLY_NAME => self.skip_garbage("reply name too long"),
-            None if eof => self.skip_garbage("request truncated in its reply name"),
+            None if closed == Some(Cut::Closed) => {
+                self.skip_garbage("request truncated in its reply name")
+            }
+            None if self
+                .arrival(self.pos)
+                .is_some_and(|t| now.saturating_duration_since(t) >= REQUEST_STALL) =>
+            {
+                self.skip_garbage(&format!(
+                    "reply name unfinished after {REQUEST_STALL:?} (a writer stalled mid-request?)"
+                ))
+            }
             None => Step::Wait,
         }
     }
 
-    fn step_value(&mut self, eof: bool) -> Step {
+    fn step_value(&mut self, closed: Option<Cut>, now: Instant) -> Step {
         let Some(mut p) = self.pending.take() else {
             return Step::Again;
         };
-        let end = match p.scanner.feed(&self.buf[p.scanned..]) {
-            Some(n) => p.scanned + n,
-            None if eof => self.buf.len(),
+        let (end, cut) = match p.scanner.feed(&self.buf[p.scanned..]) {
+            Some(n) => (p.scanned + n, None),
+            None if closed.is_some() => (self.buf.len(), closed),
+            None if now.saturating_duration_since(p.arrived) >= REQUEST_STALL => {
+                (self.buf.len(), Some(Cut::Stalled))
+            }
             None => {
                 p.scanned = self.buf.len();
                 let held = self.buf.len() - p.start;
@@ -541,6 +664,8 @@ impl RequestParser {
                     p.discarded += held;
                     self.buf.truncate(p.start);
                     p.scanned = p.start;
+                    let len = self.buf.len();
+                    self.arrivals.retain(|&(o, _)| o < len);
                 }
                 self.pending = Some(p);
                 return Step::Wait;
@@ -575,10 +700,14 @@ impl RequestParser {
                 },
             }),
             Err(e) => {
-                let reason = if e.is_eof() && eof && end == self.buf.len() {
-                    format!("request truncated where the writer closed: {e}")
-                } else {
-                    e.to_string()
+                let reason = match cut {
+                    Some(Cut::Closed) if e.is_eof() => {
+                        format!("request truncated where the writer closed: {e}")
+                    }
+                    Some(Cut::Stalled) => format!(
+                        "request unfinished after {REQUEST_STALL:?} (a writer stalled mid-request?): {e}"
+                    ),
+                    _ => e.to_string(),
                 };
                 // What failed to parse may hold the next writer's request (an unfinished value
                 // swallows what follows when no end-of-file was seen between the two writers):
@@ -719,6 +848,25 @@ mod tests {
         // Garbage glued to the next writer's request (no close seen in between).
         let data = format!("junk without end{}", req("r", 2, "which"));
         assert_eq!(methods(&p.push(data.as_bytes())), ["dropped", "which"]);
+        // A JSON fragment ending in ':' glued to a request: the request keeps its reply name.
+        let data = format!("{{\"key\":{}", req("r", 4, "ps"));
+        let frames = p.push(data.as_bytes());
+        assert_eq!(methods(&frames), ["dropped", "ps"]);
+        assert!(matches!(&frames[1], Frame::Request(r) if r.reply_name.as_deref() == Some("r")));
+        // After a blank, `::` is a request without reply name, wherever a read splits them.
+        let data = format!("junk\n{}", req("", 5, "ps"));
+        for cut in 0..=data.len() {
+            let (a, b) = data.as_bytes().split_at(cut);
+            let frames = push_all(&mut p, &[a, b]);
+            assert_eq!(
+                methods(&frames).last().map(String::as_str),
+                Some("ps"),
+                "{cut}"
+            );
+            assert!(
+                matches!(&frames[frames.len() - 1], Frame::Request(r) if r.reply_name.is_none())
+            );
+        }
         // Garbage alone, then the writer closes: dropped, and the parser is clean again.
         assert_eq!(methods(&p.push(b"\x00\xff")), ["dropped"]);
         assert!(p.finish().is_empty());
@@ -929,6 +1077,164 @@ mod tests {
         );
     }
 
+    /// The time `ms` milliseconds after `t0`.
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    const STALL_MS: u64 = REQUEST_STALL.as_millis() as u64;
+
+    #[test]
+    fn a_request_held_unfinished_is_cut_at_its_deadline_and_what_it_swallowed_is_served() {
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert_eq!(p.deadline(), None);
+        assert!(p
+            .push_at(b":stall:{\"jsonrpc\":\"2.0\",\"id\":\"s\",", t0)
+            .is_empty());
+        assert_eq!(p.deadline(), Some(t0 + REQUEST_STALL));
+        // Another writer's request is taken for the rest of the unfinished one.
+        assert!(p
+            .push_at(req("c", 1, "version").as_bytes(), at(t0, 20))
+            .is_empty());
+        assert_eq!(
+            p.deadline(),
+            Some(t0 + REQUEST_STALL),
+            "more bytes do not move the deadline"
+        );
+        assert!(p.expire(at(t0, STALL_MS - 1)).is_empty());
+        let frames = p.expire(at(t0, STALL_MS));
+        assert_eq!(methods(&frames), ["invalid -32700", "version"]);
+        let Frame::Invalid {
+            reply_name,
+            id,
+            error,
+        } = &frames[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(reply_name.as_deref(), Some("stall"));
+        assert_eq!(id, &Value::Null);
+        assert!(error.to_string().contains("unfinished after 1s"), "{error}");
+        let Frame::Request(r) = &frames[1] else {
+            unreachable!()
+        };
+        assert_eq!(r.reply_name.as_deref(), Some("c"));
+        assert!(p.is_idle());
+        assert_eq!(p.deadline(), None);
+        // The stalled writer's later bytes are garbage now, the next request is served, and the
+        // close leaves nothing behind.
+        let data = format!("\"x\":1}}{}", req("d", 2, "ps"));
+        assert_eq!(
+            methods(&p.push_at(data.as_bytes(), at(t0, 1500))),
+            ["dropped", "dropped", "ps"]
+        );
+        assert!(p.finish().is_empty());
+    }
+
+    #[test]
+    fn a_stalled_request_without_reply_name_or_with_a_refused_one() {
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert!(p.push_at(b"::{\"jsonrpc\":", t0).is_empty());
+        let frames = p.expire(at(t0, STALL_MS));
+        let [Frame::Invalid {
+            reply_name: None,
+            error,
+            ..
+        }] = &frames[..]
+        else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(error.code, RpcError::PARSE_ERROR);
+        assert!(p.push_at(b":a.b:{\"jsonrpc\":", at(t0, 2000)).is_empty());
+        assert_eq!(methods(&p.expire(at(t0, 2000 + STALL_MS))), ["dropped"]);
+        assert_eq!(p.deadline(), None);
+    }
+
+    #[test]
+    fn a_stalled_reply_name_is_dropped_and_the_next_request_served() {
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert!(p.push_at(b"  :stall_rep", t0).is_empty());
+        assert_eq!(p.deadline(), Some(t0 + REQUEST_STALL));
+        assert!(p.expire(at(t0, 999)).is_empty());
+        let frames = p.expire(at(t0, STALL_MS));
+        let [Frame::Dropped(reason)] = &frames[..] else {
+            panic!("{frames:?}")
+        };
+        assert!(reason.contains("unfinished"), "{reason}");
+        assert_eq!(p.deadline(), None);
+        assert_eq!(
+            methods(&p.push_at(req("r", 1, "ps").as_bytes(), at(t0, 3000))),
+            ["ps"]
+        );
+    }
+
+    #[test]
+    fn stalled_requests_one_behind_the_other_each_end_at_their_own_deadline() {
+        // Two writers stall 400 ms apart, then a third sends a whole request.
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert!(p.push_at(b":s1:{\"jsonrpc\":", t0).is_empty());
+        assert!(p.push_at(b":s2:[1,", at(t0, 400)).is_empty());
+        assert!(p
+            .push_at(req("c", 1, "which").as_bytes(), at(t0, 500))
+            .is_empty());
+        // s1 ends; s2 is found again, still unfinished and not yet due.
+        let frames = p.expire(at(t0, STALL_MS));
+        assert_eq!(methods(&frames), ["invalid -32700"]);
+        assert!(matches!(&frames[0], Frame::Invalid { reply_name: Some(n), .. } if n == "s1"));
+        assert_eq!(p.deadline(), Some(at(t0, 400 + STALL_MS)));
+        let frames = p.expire(at(t0, 400 + STALL_MS));
+        assert_eq!(methods(&frames), ["invalid -32700", "which"]);
+        assert!(matches!(&frames[0], Frame::Invalid { reply_name: Some(n), .. } if n == "s2"));
+        assert!(p.is_idle());
+
+        // Both already due when looked at late: both end at once, the request is served.
+        let t1 = at(t0, 10_000);
+        assert!(p.push_at(b":s1:{\"jsonrpc\":", t1).is_empty());
+        assert!(p.push_at(b":s2:[1,", at(t1, 400)).is_empty());
+        assert!(p
+            .push_at(req("c", 2, "ps").as_bytes(), at(t1, 500))
+            .is_empty());
+        let frames = p.expire(at(t1, 5000));
+        assert_eq!(methods(&frames), ["invalid -32700", "invalid -32700", "ps"]);
+    }
+
+    #[test]
+    fn a_request_ending_before_its_deadline_or_in_the_bytes_read_late_is_not_cut() {
+        let data = req("r", 1, "ps");
+        let (head, tail) = data.as_bytes().split_at(12);
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert!(p.push_at(head, t0).is_empty());
+        assert_eq!(methods(&p.push_at(tail, at(t0, STALL_MS - 1))), ["ps"]);
+        // The loop was busy past the deadline, but the end was in the next read: it counts.
+        assert!(p.push_at(head, at(t0, 5000)).is_empty());
+        assert_eq!(methods(&p.push_at(tail, at(t0, 9000))), ["ps"]);
+        assert!(p.is_idle());
+        assert_eq!(p.deadline(), None);
+    }
+
+    #[test]
+    fn arrival_record_stays_small_under_tiny_writes() {
+        let t0 = Instant::now();
+        let mut p = RequestParser::new();
+        assert!(p.push_at(b":r:[", t0).is_empty());
+        // A write of one byte every millisecond for most of the deadline.
+        for ms in 1..STALL_MS - 1 {
+            assert!(p.push_at(b"1,", at(t0, ms)).is_empty());
+        }
+        assert!(p.arrivals.len() <= (STALL_MS / ARRIVAL_GRAIN.as_millis() as u64) as usize + 1);
+        assert_eq!(p.deadline(), Some(t0 + REQUEST_STALL));
+        assert_eq!(
+            methods(&p.push_at(b"1]", at(t0, STALL_MS - 1))),
+            ["invalid -32600"]
+        );
+        assert!(p.arrivals.is_empty());
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics_and_always_resyncs(junk in proptest::collection::vec(proptest::num::u8::ANY, 0..300), cut in 0usize..400) {
@@ -942,6 +1248,21 @@ mod tests {
             let _ = p.finish();
             proptest::prop_assert!(p.is_idle());
             proptest::prop_assert_eq!(methods(&p.push(req("r", 2, "which").as_bytes())), vec!["which".to_string()]);
+        }
+
+        #[test]
+        fn a_stalled_writer_never_holds_up_the_next_one(junk in proptest::collection::vec(proptest::num::u8::ANY, 0..300), cut in 0usize..300) {
+            // Whatever a writer leaves unfinished while keeping the FIFO open, once its deadline
+            // passed the next writer's request is served.
+            let t0 = Instant::now();
+            let mut p = RequestParser::new();
+            let cut = cut.min(junk.len());
+            let _ = p.push_at(&junk[..cut], t0);
+            let _ = p.push_at(&junk[cut..], at(t0, 5));
+            let _ = p.expire(at(t0, STALL_MS + 5));
+            proptest::prop_assert_eq!(p.deadline(), None);
+            let got = methods(&p.push_at(req("r", 2, "which").as_bytes(), at(t0, 2 * STALL_MS)));
+            proptest::prop_assert_eq!(got, vec!["which".to_string()]);
         }
     }
 }

@@ -9,6 +9,10 @@
 //! There is no dummy writer keeping the FIFO open: when the last writer closes, a read returns
 //! end-of-file, which ends a request a writer left unfinished; the read end is then reopened,
 //! because a FIFO whose writers have all gone stays "hung up" and would wake the loop forever.
+//!
+//! A request left unfinished by a writer that keeps the FIFO open is ended by [`MiServer::on_tick`]
+//! at its deadline ([`REQUEST_STALL`](super::proto::REQUEST_STALL)); `on_tick` returns the requests
+//! it had swallowed, for the loop to run like those of [`MiServer::on_readable`].
 
 use super::proto::{check_reply_name, encode_reply, Frame, Request, RequestParser, RpcError};
 use crate::config::MiFifo;
@@ -87,6 +91,16 @@ pub struct MiServer {
     chunk: Vec<u8>,
 }
 
+/// How a series of reads from the FIFO ended.
+enum ReadEnd {
+    /// Nothing more to read for now.
+    Drained,
+    /// Every writer has closed.
+    Closed,
+    /// The read failed (already logged).
+    Failed,
+}
+
 impl MiServer {
     /// Creates the FIFO at `fifo_name` with `fifo_mode` and opens its read end.
     ///
@@ -128,6 +142,10 @@ impl MiServer {
 
     /// Registers the FIFO for reading; after a reopen the server registers the new fd itself.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.watch_fifo(registry, token)
+    }
+
+    fn watch_fifo(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(
             &mut SourceFd(&self.fifo.as_raw_fd()),
             token,
@@ -143,30 +161,37 @@ impl MiServer {
     /// refused reply names are logged; none of them is returned.
     pub fn on_readable(&mut self, registry: &Registry) -> Vec<Request> {
         let mut requests = Vec::new();
+        match self.read_fifo(&mut requests) {
+            ReadEnd::Drained => {}
+            ReadEnd::Closed => {
+                let frames = self.parser.finish();
+                self.take(frames, &mut requests);
+                self.reopen(registry);
+            }
+            ReadEnd::Failed => self.reopen(registry),
+        }
+        requests
+    }
+
+    /// Reads and parses until the FIFO has nothing more, or has no writer, or fails.
+    fn read_fifo(&mut self, requests: &mut Vec<Request>) -> ReadEnd {
         // Each read consumes data, returns WouldBlock (drained: mio is edge-triggered, so this is
-        // required) or end-of-file (reopened, then wait for the next event).
+        // required) or end-of-file.
         loop {
             match self.fifo.read(&mut self.chunk) {
-                Ok(0) => {
-                    let frames = self.parser.finish();
-                    self.take(frames, &mut requests);
-                    self.reopen(registry);
-                    break;
-                }
+                Ok(0) => return ReadEnd::Closed,
                 Ok(n) => {
                     let frames = self.parser.push(&self.chunk[..n]);
-                    self.take(frames, &mut requests);
+                    self.take(frames, requests);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     log::error!("MI FIFO {}: read failed: {e}", self.path.display());
-                    self.reopen(registry);
-                    break;
+                    return ReadEnd::Failed;
                 }
             }
         }
-        requests
     }
 
     fn take(&mut self, frames: Vec<Frame>, requests: &mut Vec<Request>) {
@@ -214,7 +239,7 @@ impl MiServer {
         let old = std::mem::replace(&mut self.fifo, fresh);
         drop(old);
         if let Some(token) = self.token {
-            if let Err(e) = self.register(registry, token) {
+            if let Err(e) = self.watch_fifo(registry, token) {
                 log::error!(
                     "MI FIFO {}: cannot watch it again: {e}",
                     self.path.display()
@@ -259,16 +284,50 @@ impl MiServer {
             }
         }
         // Most clients are already waiting: answer now rather than at the next tick.
-        self.on_tick();
+        self.advance_replies();
     }
 
-    /// `Some(RETRY)` while replies wait for their reader or are partly written.
+    /// `Some(RETRY)` while replies wait for their reader or are partly written; else the time
+    /// left before an unfinished request is ended, if there is one.
     pub fn poll_timeout(&self) -> Option<Duration> {
-        (!self.replies.is_empty()).then_some(RETRY)
+        let replies = (!self.replies.is_empty()).then_some(RETRY);
+        let stall = self
+            .parser
+            .deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        match (replies, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Moves every pending reply on (open, write); never blocks.
-    pub fn on_tick(&mut self) {
+    /// Ends a request left unfinished past its deadline, and moves every pending reply on (open,
+    /// write); never blocks. Returns the requests the ended one had swallowed, to be run like
+    /// those of [`on_readable`](Self::on_readable).
+    #[must_use = "the requests a stalled one had swallowed must be run"]
+    pub fn on_tick(&mut self) -> Vec<Request> {
+        let found = if self.parser.deadline().is_some_and(|d| d <= Instant::now()) {
+            self.end_stalled()
+        } else {
+            Vec::new()
+        };
+        self.advance_replies();
+        found
+    }
+
+    fn end_stalled(&mut self) -> Vec<Request> {
+        let mut found = Vec::new();
+        // Its end may be waiting in the FIFO if the loop was busy: read first, so that only a
+        // writer that really stopped is cut. End-of-file is left to `on_readable` (the hang-up is
+        // an event not yet handled), which finishes the parser and reopens.
+        let _ = self.read_fifo(&mut found);
+        let frames = self.parser.expire(Instant::now());
+        self.take(frames, &mut found);
+        found
+    }
+
+    /// Opens and writes every pending reply as far as it goes without blocking.
+    fn advance_replies(&mut self) {
         let now = Instant::now();
         self.replies.retain_mut(|r| match r.advance(now) {
             Ok(true) => false,
@@ -561,7 +620,7 @@ mod tests {
         let mut buf = vec![0; 65536];
         let deadline = Instant::now() + Duration::from_secs(10);
         while !got.ends_with(b"\n") && Instant::now() < deadline {
-            server.on_tick();
+            assert!(server.on_tick().is_empty());
             match reader.read(&mut buf) {
                 Ok(n) => got.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -589,6 +648,84 @@ mod tests {
             Ok(serde_json::json!(1)),
         );
         assert_eq!(server.poll_timeout(), None);
+        server.remove();
+    }
+
+    #[test]
+    fn a_request_held_unfinished_is_ended_by_the_tick_and_the_loop_woken_for_the_rest() {
+        use super::super::proto::REQUEST_STALL;
+        use mio::{Events, Poll};
+        let d = Dir::new("stall");
+        let c = cfg(&d.0, "0600");
+        fs::create_dir(&c.reply_dir).unwrap();
+        let mut server = MiServer::create(&c).unwrap();
+        let mut poll = Poll::new().unwrap();
+        server.register(poll.registry(), Token(7)).unwrap();
+        let stall_reply = c.reply_dir.join("stall");
+        nix::unistd::mkfifo(&stall_reply, Mode::from_bits_truncate(0o600)).unwrap();
+        let mut stall_reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&stall_reply)
+            .unwrap();
+        let writer = || {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&c.fifo_name)
+                .unwrap()
+        };
+        let begun = Instant::now();
+        // Held open for the whole test: no end-of-file ends the half request.
+        let mut staller = writer();
+        staller
+            .write_all(b":stall:{\"jsonrpc\":\"2.0\",\"id\":\"s\",")
+            .unwrap();
+        let mut other = writer();
+        other
+            .write_all(b":r:{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"which\"}")
+            .unwrap();
+
+        let mut events = Events::with_capacity(8);
+        let mut got = Vec::new();
+        let give_up = begun + Duration::from_secs(10);
+        while got.is_empty() && Instant::now() < give_up {
+            let timeout = server.poll_timeout().unwrap_or(Duration::from_secs(1));
+            assert!(
+                timeout <= REQUEST_STALL,
+                "{timeout:?}: the deadline is waited for"
+            );
+            poll.poll(&mut events, Some(timeout)).unwrap();
+            if events.iter().any(|e| e.token() == Token(7)) {
+                got.extend(server.on_readable(poll.registry()));
+            }
+            got.extend(server.on_tick());
+        }
+        assert!(
+            Instant::now() >= begun + REQUEST_STALL,
+            "ended before its deadline"
+        );
+        assert_eq!(got.len(), 1, "the swallowed request was handed out");
+        assert_eq!(got[0].method, "which");
+        assert_eq!(got[0].reply_name.as_deref(), Some("r"));
+
+        // The stalled request got its parse error.
+        let mut line = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !line.ends_with(b"\n") && Instant::now() < give_up {
+            assert!(server.on_tick().is_empty());
+            match stall_reader.read(&mut buf) {
+                Ok(n) => line.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let _ = poll.poll(&mut events, Some(RETRY));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["error"]["code"], -32700, "{v}");
+        assert_eq!(server.poll_timeout(), None);
+        drop((staller, other));
         server.remove();
     }
 }
