@@ -1,13 +1,15 @@
 //! The worker side: a read-write view of the table through the fd the supervisor passed.
 //!
-//! A worker only adds to counters (its own record, and the slots' datagram counters); it never
-//! writes a slot's contents or the header, which belong to the supervisor.
+//! A worker only adds to counters (its own record, the slots' datagram counters and, for a stream
+//! worker, its own row of the connection matrix); it never writes a slot's contents or the header,
+//! which belong to the supervisor.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::layout;
 use crate::region::{Access, Region};
 use crate::{ShmError, WorkerKind, WorkerRecord};
 
@@ -50,10 +52,14 @@ impl Attached {
         }
     }
 
-    /// Moves a slot's open-connection gauge by `delta` (ignored beyond `max_sockets`).
-    pub fn add_slot_connections(&self, index: u32, delta: i64) {
-        if let Some(slot) = self.region.slot(index) {
-            slot.connections.fetch_add(delta, Relaxed);
+    /// Moves stream worker `rank`'s count of open connections on slot `index` by `delta` (its
+    /// cell of the connection matrix; ignored beyond the stream pool or `max_sockets`). Only the
+    /// worker of that rank may call it with its rank: each row has that one writer while the
+    /// worker lives, and the supervisor zeroes it once the worker is dead
+    /// ([`Table::reset_worker_connections`](crate::Table::reset_worker_connections)).
+    pub fn add_slot_connections(&self, rank: u32, index: u32, delta: i64) {
+        if let Some(cell) = self.region.conn_cell(rank, index) {
+            layout::add_conn_cell(cell, delta);
         }
     }
 }
@@ -94,9 +100,11 @@ mod tests {
         assert_eq!(attached.max_sockets(), 4);
         attached.add_slot_received(index, 3);
         attached.add_slot_received(index, 2);
-        attached.add_slot_connections(index, 2);
-        attached.add_slot_connections(index, -1);
+        attached.add_slot_connections(0, index, 2);
+        attached.add_slot_connections(0, index, -1);
         attached.add_slot_received(99, 1); // ignored
+        attached.add_slot_connections(0, 99, 1); // ignored: beyond max_sockets
+        attached.add_slot_connections(1, index, 1); // ignored: one stream worker only
         let me = attached.worker(WorkerKind::Udp, 1).unwrap();
         assert_eq!(
             (me.pid(), me.state(), me.restarts()),
@@ -143,6 +151,97 @@ mod tests {
         stream.reset_connections();
         stream.add_connections(1);
         assert_eq!(stream.connections(), 1);
+    }
+
+    #[test]
+    fn slot_connections_are_the_sum_over_the_stream_workers_rows() {
+        let dir = TestDir::new("attach-matrix");
+        let path = dir.path("t.shm");
+        let table = Table::create(&path, 20, 1, 3).unwrap();
+        let stream = |port: u16| SlotData {
+            state: SlotState::Active,
+            socket: format!("tcp:127.0.0.1:{port}"),
+            proto: Some(Proto::Tcp),
+            ..Default::default()
+        };
+        // Indexes 0..=17: 16 and 17 lie in each row's second cache line.
+        let slots: Vec<u32> = (0..18)
+            .map(|i| table.occupy(&stream(5000 + i)).unwrap())
+            .collect();
+        let (a, b) = (slots[3], slots[17]);
+        // Three worker processes, each with its own mapping and its own row.
+        let workers: Vec<Attached> = (0..3)
+            .map(|_| Attached::from_file(table.file().try_clone().unwrap()).unwrap())
+            .collect();
+        workers[0].add_slot_connections(0, a, 2);
+        workers[1].add_slot_connections(1, a, 3);
+        workers[2].add_slot_connections(2, a, 1);
+        workers[2].add_slot_connections(2, b, 4);
+        workers[1].add_slot_connections(1, a, -1);
+        assert_eq!(table.slot_connections(a), 5);
+        assert_eq!(table.slot_connections(b), 4);
+        assert_eq!(table.slot_connections(slots[4]), 0, "the neighbour column");
+        assert_eq!(table.slot_connections(99), 0);
+        let snap = Reader::open(&path).unwrap().snapshot();
+        let conns = |i: u32| {
+            snap.slots
+                .iter()
+                .find(|s| s.index == i)
+                .unwrap()
+                .connections
+        };
+        assert_eq!((conns(a), conns(b), conns(slots[4])), (5, 4, 0));
+
+        // Freeing and re-occupying the slot leaves the workers' cells alone: their decrements,
+        // still to come, must land on what they counted.
+        table.free_slot(a);
+        assert_eq!(table.slot_connections(a), 5);
+        workers[0].add_slot_connections(0, a, -2);
+        workers[1].add_slot_connections(1, a, -2);
+        workers[2].add_slot_connections(2, a, -1);
+        assert_eq!(table.slot_connections(a), 0);
+        workers[0].add_slot_connections(0, a, 2);
+        workers[1].add_slot_connections(1, a, 3);
+
+        // Worker 1 dies: the supervisor zeroes its row and its record's gauge, nothing else.
+        for (rank, w) in workers.iter().enumerate() {
+            w.worker(WorkerKind::Stream, rank as u32)
+                .unwrap()
+                .add_connections(2);
+        }
+        workers[1].add_slot_connections(1, b, 6);
+        assert_eq!(table.slot_connections(b), 10);
+        table.reset_worker_connections(WorkerKind::Stream, 1);
+        assert_eq!(table.slot_connections(a), 2);
+        assert_eq!(table.slot_connections(b), 4);
+        let conns_of = |rank| {
+            table
+                .worker(WorkerKind::Stream, rank)
+                .unwrap()
+                .connections()
+        };
+        assert_eq!((conns_of(0), conns_of(1), conns_of(2)), (2, 0, 2));
+        // Its successor counts from 0 in the same row.
+        workers[1].add_slot_connections(1, a, 1);
+        assert_eq!(table.slot_connections(a), 3);
+        let json = serde_json::to_value(Reader::open(&path).unwrap().snapshot()).unwrap();
+        let slot_b = json["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["index"] == b)
+            .unwrap();
+        assert_eq!(slot_b["connections"], 4);
+        assert_eq!(json["workers"][2]["connections"], 0);
+        assert_eq!(json["workers"][1]["connections"], 2);
+        // A row below zero (a worker's bug) cannot make a column read as a huge number.
+        workers[0].add_slot_connections(0, b, -9);
+        assert_eq!(table.slot_connections(b), 0);
+        // Out of range: ignored, no panic.
+        table.reset_worker_connections(WorkerKind::Stream, 3);
+        table.reset_worker_connections(WorkerKind::Udp, 0);
+        table.reset_worker_connections(WorkerKind::Udp, 7);
+        assert_eq!(table.slot_connections(a), 3);
     }
 
     #[test]

@@ -158,7 +158,7 @@ mod tests {
     fn text_dump_lists_header_slots_and_workers() {
         let dir = TestDir::new("dump");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 3, 2, 0).unwrap();
+        let table = Table::create(&path, 3, 2, 1).unwrap();
         table.set_generation(5);
         let i = table
             .occupy(&SlotData {
@@ -183,7 +183,8 @@ mod tests {
         w.add_received(12);
         let attached = crate::Attached::from_file(table.file().try_clone().unwrap()).unwrap();
         attached.add_slot_received(i, 12);
-        attached.add_slot_connections(i, 7);
+        // Two stream workers' shares would add up; here one worker holds all 7.
+        attached.add_slot_connections(0, i, 7);
 
         let mut out = Vec::new();
         dump(&path, false, &mut out).unwrap();
@@ -195,7 +196,7 @@ mod tests {
         );
         assert!(
             lines[1]
-                .contains("max_sockets 3, processes 2, stream_workers 0, generation 5, cursor 1"),
+                .contains("max_sockets 3, processes 2, stream_workers 1, generation 5, cursor 1"),
             "{text}"
         );
         assert_eq!(lines[3], "slots: 2 of 3 in use");
@@ -217,14 +218,20 @@ mod tests {
             lines[6].ends_with("Cannot assign requested address (os error 99)"),
             "{text}"
         );
-        assert_eq!(lines[8], "workers: 2");
-        assert!(lines[9].starts_with("KIND  RANK  PID"), "{text}");
+        assert_eq!(lines[8], "workers: 3");
+        assert_eq!(
+            lines[9].split_whitespace().take(3).collect::<Vec<_>>(),
+            ["KIND", "RANK", "PID"],
+            "{text}"
+        );
         let w1: Vec<&str> = lines[11].split_whitespace().collect();
         assert_eq!(
             w1,
             ["udp", "1", "31337", "ready", "0", "12", "0", "0", "0", "0"]
         );
-        assert_eq!(lines.len(), 12, "{text}");
+        let s0: Vec<&str> = lines[12].split_whitespace().collect();
+        assert_eq!(s0[..4], ["stream", "0", "0", "stopped"]);
+        assert_eq!(lines.len(), 13, "{text}");
     }
 
     #[test]

@@ -8,8 +8,18 @@
 //! 0                           128             Header
 //! 128                         832 * S         S = max_sockets slots
 //! 128 + 832*S                 64 * (U + T)    worker records: U = processes (udp), then T = stream workers
-//! total = 128 + 832*S + 64*(U+T)              the file length must be exactly this
+//! C = 128 + 832*S + 64*(U+T)  4 * R * T       connection matrix: one row per stream worker (rank order),
+//!                                             R = S rounded up to a multiple of 16 cells (64 bytes)
+//! total = C + 4*R*T                           the file length must be exactly this
 //! ```
+//!
+//! The connection matrix (layout 2): cell `C + 4 * (R * rank + index)` is an `AtomicU32` holding
+//! the connections stream worker `rank` has open on slot `index` (an i32 in two's complement;
+//! only that worker writes its row, the supervisor zeroes it once the worker is dead). A slot's
+//! open connections are the sum of its column, so a worker killed with connections open leaves
+//! nothing behind once its row is zeroed: a shared per-slot gauge could not be repaired, since
+//! nobody knows the dead worker's share of it. Rows are padded to 64 bytes so two workers never
+//! write the same cache line.
 //!
 //! Every field in shared memory is an atomic, so the supervisor, the workers and readers may touch
 //! the same bytes at once without a data race; integers are in host byte order (the file never
@@ -17,15 +27,16 @@
 //! place in every future layout, so any version can say whose file it is.
 
 use std::mem::{align_of, offset_of, size_of};
-use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
 
 use crate::{Proto, SlotData, SlotState, WorkerKind, WorkerState};
 
 /// The first 8 bytes of the file: "SIPSKSHM" as written by a little-endian host (a file of the
 /// other byte order fails this check instead of being misread).
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SIPSKSHM");
-/// Bumped on any change of the structures below.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped on any change of the structures below. 2: per-worker connection matrix after the
+/// worker records; the slot's own connection gauge (offset 16) is no longer used.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Sanity limits, so a foreign header cannot make us compute or map absurd sizes.
 pub(crate) const MAX_SLOTS: u32 = 65_536;
@@ -89,9 +100,10 @@ pub(crate) struct Slot {
     pub seq: AtomicU64,
     /// Datagrams received on the slot's socket (workers add; not under the seqlock).
     pub received: AtomicU64,
-    /// Open connections (stream sockets; a gauge workers move; not under the seqlock).
-    pub connections: AtomicI64,
-    _reserved: AtomicU64,
+    /// Bytes 16..32: unused. Layout 1 kept a shared connection gauge at 16, which a crashed
+    /// worker's share made wrong for ever; the connection matrix replaced it. Kept so the slot
+    /// stays 13 cache lines and the contents keep their offset.
+    _reserved: [AtomicU64; 2],
     /// The contents (see `encode`), read and written word by word under `seq`.
     pub words: [AtomicU64; CONTENT_WORDS],
     /// Pads the slot to 13 cache lines.
@@ -113,14 +125,17 @@ pub struct WorkerRecord {
     pub(crate) dropped: AtomicU64,
     pub(crate) wakeups: AtomicU64,
     /// Open connections of a stream worker (a gauge it moves; the supervisor reads it to hand a
-    /// new connection to the least loaded worker). Was reserved zeros: older files read as 0, so
-    /// the layout version stays.
+    /// new connection to the least loaded worker, and zeroes it when the worker dies).
     pub(crate) connections: AtomicU64,
 }
 
 pub(crate) const HEADER_SIZE: usize = 128;
 pub(crate) const SLOT_SIZE: usize = 832;
 pub(crate) const WORKER_SIZE: usize = 64;
+/// One cell of the connection matrix (an `AtomicU32`).
+pub(crate) const CONN_CELL_SIZE: usize = 4;
+/// A matrix row is padded to a multiple of this many cells (64 bytes: one cache line).
+pub(crate) const CONN_ROW_ALIGN: usize = 16;
 
 // The layout is a contract with other processes (and other builds): pin it.
 const _: () = {
@@ -132,6 +147,9 @@ const _: () = {
         align_of::<Header>() == 8 && align_of::<Slot>() == 8 && align_of::<WorkerRecord>() == 8
     );
     assert!(HEADER_SIZE % 64 == 0 && SLOT_SIZE % 64 == 0 && WORKER_SIZE % 64 == 0);
+    // The matrix starts on a cache line (everything before it is whole lines) and rows are whole
+    // lines too.
+    assert!(size_of::<AtomicU32>() == CONN_CELL_SIZE && CONN_CELL_SIZE * CONN_ROW_ALIGN == 64);
     // The stable prefix every layout version keeps.
     assert!(offset_of!(Header, magic) == 0);
     assert!(offset_of!(Header, layout) == 8);
@@ -147,7 +165,7 @@ const _: () = {
     assert!(offset_of!(Header, cursor) == 56);
     assert!(offset_of!(Slot, seq) == 0);
     assert!(offset_of!(Slot, received) == 8);
-    assert!(offset_of!(Slot, connections) == 16);
+    assert!(offset_of!(Slot, _reserved) == 16);
     assert!(offset_of!(Slot, words) == 32);
     assert!(offset_of!(WorkerRecord, kind) == 0);
     assert!(offset_of!(WorkerRecord, rank) == 4);
@@ -185,9 +203,24 @@ impl Geometry {
         self.processes as usize + self.stream_workers as usize
     }
 
-    /// The exact file length; the limits keep it far below `usize::MAX` on any 32/64-bit host.
-    pub fn total_len(&self) -> usize {
+    /// Where the connection matrix starts (right after the worker records).
+    pub fn conns_offset(&self) -> usize {
         self.workers_offset() + WORKER_SIZE * self.worker_count()
+    }
+
+    /// Cells per matrix row: `max_sockets` rounded up to whole cache lines.
+    pub fn conn_row_cells(&self) -> usize {
+        (self.max_sockets as usize).div_ceil(CONN_ROW_ALIGN) * CONN_ROW_ALIGN
+    }
+
+    /// Cells of the whole matrix (one row per stream worker).
+    pub fn conn_cells(&self) -> usize {
+        self.conn_row_cells() * self.stream_workers as usize
+    }
+
+    /// The exact file length; the limits keep it below 2 GiB, so no overflow on a 32-bit host.
+    pub fn total_len(&self) -> usize {
+        self.conns_offset() + CONN_CELL_SIZE * self.conn_cells()
     }
 
     /// Checks the counts against the limits; `Err` names the one that is too large.
@@ -254,9 +287,11 @@ pub(crate) fn validate(header: &Header, file_len: usize) -> Result<Geometry, Str
         .map_err(|(what, value, max)| format!("{what} {value} is above the limit {max}"))?;
     if geo.total_len() != file_len {
         return Err(format!(
-            "file is {file_len} bytes, but max_sockets {} and {} workers need {}",
+            "file is {file_len} bytes, but max_sockets {}, {} workers and the connection matrix of \
+             {} stream workers need {}",
             geo.max_sockets,
             geo.worker_count(),
+            geo.stream_workers,
             geo.total_len()
         ));
     }
@@ -442,11 +477,29 @@ impl Slot {
         }
     }
 
-    /// Zeroes the counters (the slot changes owner).
+    /// Zeroes the slot's own counter (the slot changes owner). Its connections are the sum of its
+    /// column in the matrix, whose cells belong to the workers: they go back to 0 as each worker
+    /// drops the old socket's connections (uncounted at `Remove`), never by a store from here,
+    /// which would race with a worker's decrement and leave the column negative.
     pub fn reset_counters(&self) {
         self.received.store(0, Relaxed);
-        self.connections.store(0, Relaxed);
     }
+}
+
+// ---- connection matrix --------------------------------------------------------------------------
+
+/// Moves one matrix cell by `delta`. A cell is an i32 in two's complement, so adding the low 32
+/// bits of `delta` (wrapping) adds `delta`; a worker's share of one slot never nears 2^31.
+pub(crate) fn add_conn_cell(cell: &AtomicU32, delta: i64) {
+    cell.fetch_add(delta as u32, Relaxed);
+}
+
+/// A slot's open connections: the sum of its column. Each cell is read alone (Relaxed), so the sum
+/// may mix moments, as any gauge read does; a negative sum (a worker's bug, a damaged file) reads
+/// as 0 rather than as 2^64 - 1. At most 4096 cells of at most 2^31: no overflow in an i64.
+pub(crate) fn sum_conn_cells<'a>(cells: impl Iterator<Item = &'a AtomicU32>) -> u64 {
+    let sum: i64 = cells.map(|c| i64::from(c.load(Relaxed) as i32)).sum();
+    u64::try_from(sum).unwrap_or(0)
 }
 
 // ---- worker records -----------------------------------------------------------------------------
@@ -656,7 +709,15 @@ mod tests {
         };
         assert_eq!(g.slots_offset(), 128);
         assert_eq!(g.workers_offset(), 128 + 832 * 100);
-        assert_eq!(g.total_len(), 128 + 832 * 100 + 64 * 10);
+        assert_eq!(g.conns_offset(), 128 + 832 * 100 + 64 * 10);
+        // 100 slots round up to 112 cells (7 cache lines) per stream worker.
+        assert_eq!(g.conn_row_cells(), 112);
+        assert_eq!(g.total_len(), 128 + 832 * 100 + 64 * 10 + 4 * 112 * 2);
+        assert_eq!(
+            g.conns_offset() % 64,
+            0,
+            "the matrix starts on a cache line"
+        );
         assert_eq!(g.worker_index(WorkerKind::Udp, 7), Some(7));
         assert_eq!(g.worker_index(WorkerKind::Udp, 8), None);
         assert_eq!(g.worker_index(WorkerKind::Stream, 1), Some(9));
@@ -674,7 +735,45 @@ mod tests {
             stream_workers: MAX_WORKERS,
         };
         assert!(max.check_limits().is_ok());
-        assert!(max.total_len() < 64 << 20);
+        assert!(max.total_len() < 2 << 30);
+    }
+
+    #[test]
+    fn layout_2_sizes() {
+        assert_eq!(LAYOUT_VERSION, 2);
+        let size = |max_sockets, processes, stream_workers| {
+            Geometry {
+                max_sockets,
+                processes,
+                stream_workers,
+            }
+            .total_len()
+        };
+        // No stream worker: no matrix, the layout-1 length.
+        assert_eq!(size(4, 2, 0), 128 + 832 * 4 + 64 * 2);
+        // Rows are whole cache lines: 1..=16 slots take one line per stream worker, 17 take two.
+        assert_eq!(size(1, 0, 1), 128 + 832 + 64 + 64);
+        assert_eq!(size(16, 0, 3), 128 + 832 * 16 + 64 * 3 + 64 * 3);
+        assert_eq!(size(17, 1, 2), 128 + 832 * 17 + 64 * 3 + 128 * 2);
+        // Zero slots: rows of zero cells.
+        assert_eq!(size(0, 1, 4), 128 + 64 * 5);
+    }
+
+    #[test]
+    fn matrix_cells_are_signed_and_columns_clamp_at_zero() {
+        let cells: Vec<AtomicU32> = (0..3).map(|_| AtomicU32::new(0)).collect();
+        add_conn_cell(&cells[0], 3);
+        add_conn_cell(&cells[1], 2);
+        add_conn_cell(&cells[1], -1);
+        assert_eq!(sum_conn_cells(cells.iter()), 4);
+        // A row driven below zero (a bug) subtracts from the others...
+        add_conn_cell(&cells[2], -2);
+        assert_eq!(cells[2].load(Relaxed) as i32, -2);
+        assert_eq!(sum_conn_cells(cells.iter()), 2);
+        // ...and a column that sums below zero reads as 0, not as 2^64 - 2.
+        add_conn_cell(&cells[2], -10);
+        assert_eq!(sum_conn_cells(cells.iter()), 0);
+        assert_eq!(sum_conn_cells(std::iter::empty()), 0);
     }
 
     #[test]
@@ -683,8 +782,7 @@ mod tests {
         let slot: Slot = Slot {
             seq: AtomicU64::new(0),
             received: AtomicU64::new(0),
-            connections: AtomicI64::new(0),
-            _reserved: AtomicU64::new(0),
+            _reserved: Default::default(),
             words: std::array::from_fn(|_| AtomicU64::new(0)),
             _pad: Default::default(),
         };
@@ -730,6 +828,25 @@ mod tests {
         assert!(validate(&h, geo.total_len() - 1)
             .unwrap_err()
             .contains("file is"));
+        // With stream workers, a file that stops where layout 1 ended (no matrix) is refused.
+        let streams = Geometry {
+            stream_workers: 2,
+            ..geo
+        };
+        init_header(&h, streams, 42, 0);
+        assert_eq!(validate(&h, streams.total_len()), Ok(streams));
+        let err = validate(&h, streams.conns_offset()).unwrap_err();
+        assert!(
+            err.contains("connection matrix of 2 stream workers"),
+            "{err}"
+        );
+        assert!(validate(&h, streams.total_len() - 4).is_err());
+        assert!(validate(&h, streams.total_len() + 64).is_err());
+        h.layout.store(1, Relaxed);
+        assert!(validate(&h, streams.total_len())
+            .unwrap_err()
+            .contains("layout version 1, this build reads 2"));
+        init_header(&h, geo, 42, 0);
         h.layout.store(7, Relaxed);
         assert!(validate(&h, geo.total_len())
             .unwrap_err()

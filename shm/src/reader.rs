@@ -100,7 +100,7 @@ pub struct SlotSnapshot {
     pub error: String,
     /// Datagrams received on the socket.
     pub received: u64,
-    /// Open connections (stream sockets).
+    /// Open connections (stream sockets): the sum over the stream workers' rows, never negative.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub connections: i64,
 }
@@ -177,7 +177,9 @@ impl Reader {
                 tos: data.tos,
                 error: data.error,
                 received: slot.received.load(Relaxed),
-                connections: slot.connections.load(Relaxed),
+                // The sum of at most 4096 i32 cells: always within an i64.
+                connections: i64::try_from(self.region.slot_connections(index as u32))
+                    .unwrap_or(i64::MAX),
             });
         }
         let workers = self
@@ -246,11 +248,18 @@ mod tests {
 
         // A real table, truncated (and, separately, with a byte too many).
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 10, 2, 0).unwrap();
+        let table = Table::create(&path, 10, 2, 2).unwrap();
         let good = std::fs::read(&path).unwrap();
+        // 10 slots: one 64-byte matrix row per stream worker.
+        let layout1_len = 128 + 832 * 10 + 64 * 4;
+        assert_eq!(good.len(), layout1_len + 64 * 2);
         for (name, len) in [
             ("cut-header", 100),
             ("cut-slots", 128 + 832 * 3),
+            ("cut-records", layout1_len - 64),
+            // Where a layout-1 file ended: the whole matrix is missing.
+            ("no-matrix", layout1_len),
+            ("cut-matrix", layout1_len + 64),
             ("cut-one", good.len() - 1),
         ] {
             let p = dir.path(name);
@@ -269,6 +278,15 @@ mod tests {
         std::fs::write(dir.path("v99"), &other).unwrap();
         let err = Reader::open(&dir.path("v99")).unwrap_err().to_string();
         assert!(err.contains("layout version 99"), "{err}");
+        // A layout-1 file (header and length as version 1 wrote them) is named as such.
+        let mut v1 = good[..layout1_len].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        std::fs::write(dir.path("v1"), &v1).unwrap();
+        let err = Reader::open(&dir.path("v1")).unwrap_err().to_string();
+        assert!(
+            err.contains("layout version 1, this build reads 2"),
+            "{err}"
+        );
         // A huge max_sockets in the header is refused before anything is sized from it.
         let mut huge = good.clone();
         huge[24..28].copy_from_slice(&u32::MAX.to_ne_bytes());

@@ -1,8 +1,9 @@
-//! A validated mapping of the shm file: the header, the slots and the worker records, with every
-//! index checked. Shared by the writer, the workers and the readers.
+//! A validated mapping of the shm file: the header, the slots, the worker records and the
+//! connection matrix, with every index checked. Shared by the writer, the workers and the readers.
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::AtomicU32;
 
 use crate::layout::{self, Geometry, Header, Slot, WorkerRecord, HEADER_SIZE};
 use crate::sys::Mapping;
@@ -33,6 +34,10 @@ impl Region {
             && region
                 .map
                 .slice::<WorkerRecord>(geo.workers_offset(), geo.worker_count())
+                .is_some()
+            && region
+                .map
+                .slice::<AtomicU32>(geo.conns_offset(), geo.conn_cells())
                 .is_some();
         fits.then_some(region)
     }
@@ -103,6 +108,33 @@ impl Region {
 
     pub fn worker(&self, kind: WorkerKind, rank: u32) -> Option<&WorkerRecord> {
         self.workers().get(self.geo.worker_index(kind, rank)?)
+    }
+
+    /// Stream worker `rank`'s row of the connection matrix, one cell per slot (the padding left
+    /// out); `None` beyond the stream pool.
+    pub fn conn_row(&self, rank: u32) -> Option<&[AtomicU32]> {
+        if rank >= self.geo.stream_workers {
+            return None;
+        }
+        let cells = self.geo.conn_row_cells();
+        let offset = self.geo.conns_offset() + layout::CONN_CELL_SIZE * cells * rank as usize;
+        self.map
+            .slice::<AtomicU32>(offset, self.geo.max_sockets as usize)
+    }
+
+    /// The cell of stream worker `rank` for slot `index`.
+    pub fn conn_cell(&self, rank: u32, index: u32) -> Option<&AtomicU32> {
+        self.conn_row(rank)?.get(index as usize)
+    }
+
+    /// A slot's open connections: the sum of its column (0 beyond `max_sockets`).
+    pub fn slot_connections(&self, index: u32) -> u64 {
+        if index >= self.geo.max_sockets {
+            return 0;
+        }
+        layout::sum_conn_cells(
+            (0..self.geo.stream_workers).filter_map(|rank| self.conn_cell(rank, index)),
+        )
     }
 
     /// Whether stores are allowed (false for readers' read-only mappings).

@@ -9,7 +9,7 @@
 
 use std::fs::File;
 use std::mem::{align_of, size_of};
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -18,23 +18,26 @@ use crate::layout::{Header, Slot, WorkerRecord};
 /// Types that may be viewed in the shared mapping.
 ///
 /// # Safety
-/// Implementors must be `#[repr(C)]`, made only of atomics (or arrays of them), have no `Drop`
+/// Implementors must be an atomic integer, or `#[repr(C)]` and made only of atomics (or arrays of them), have no `Drop`
 /// and no padding, so that every bit pattern is a valid value and concurrent access from other
 /// processes through `&Self` is not a data race.
 pub(crate) unsafe trait InShm: Sized + Sync {}
 
-// SAFETY: the three layout structs are #[repr(C)], consist only of AtomicU32/AtomicU64/AtomicI64
+// SAFETY: the three layout structs are #[repr(C)], consist only of AtomicU32/AtomicU64
 // fields and arrays of them, with sizes and offsets pinned by const asserts in `layout` (no padding).
 unsafe impl InShm for Header {}
 // SAFETY: as above.
 unsafe impl InShm for Slot {}
 // SAFETY: as above.
 unsafe impl InShm for WorkerRecord {}
+// SAFETY: the cells of the connection matrix: an AtomicU32 has the size and alignment of a u32
+// (asserted below), no padding, every bit pattern is a value, and it is made for shared access.
+unsafe impl InShm for AtomicU32 {}
 
 // Keep the reasoning above honest: atomics have the size of their integer.
 const _: () = {
     assert!(
-        size_of::<AtomicU64>() == 8 && size_of::<AtomicI64>() == 8 && size_of::<AtomicU32>() == 4
+        size_of::<AtomicU64>() == 8 && size_of::<AtomicU32>() == 4 && align_of::<AtomicU32>() == 4
     );
 };
 

@@ -130,7 +130,9 @@ impl Table {
     }
 
     /// Takes the next free slot after the one allocated last (wrapping), writes `data` there,
-    /// zeroes its counters and moves the cursor to it. `None` when every slot is taken.
+    /// zeroes its datagram counter and moves the cursor to it. `None` when every slot is taken.
+    /// Its connection column is left to the workers: each uncounts a removed socket's connections
+    /// when told, and FIFO rotation makes a slot's reuse come as late as possible.
     pub fn occupy(&self, data: &SlotData) -> Option<u32> {
         debug_assert!(data.state != SlotState::Free, "occupy with a free state");
         let _guard = self.write_guard();
@@ -158,7 +160,8 @@ impl Table {
         }
     }
 
-    /// Frees a slot: state free, texts cleared, counters zeroed. The cursor does not move.
+    /// Frees a slot: state free, texts cleared, datagram counter zeroed (its connection column is
+    /// the workers', see `occupy`). The cursor does not move.
     pub fn free_slot(&self, index: u32) {
         let _guard = self.write_guard();
         match self.region.slot(index) {
@@ -184,11 +187,25 @@ impl Table {
             .map_or(0, |s| s.received.load(Relaxed))
     }
 
-    /// Open connections of a stream socket (0 for a datagram socket or a bad index).
+    /// Open connections of a stream socket: the sum of its column in the connection matrix, a
+    /// negative sum read as 0 (0 for a datagram socket or a bad index).
     pub fn slot_connections(&self, index: u32) -> u64 {
-        self.region.slot(index).map_or(0, |s| {
-            u64::try_from(s.connections.load(Relaxed)).unwrap_or(0)
-        })
+        self.region.slot_connections(index)
+    }
+
+    /// Forgets the connections of a dead worker: zeroes its record's gauge and, for a stream
+    /// worker, its row of the connection matrix (the kernel closed those connections with the
+    /// process). Call it only once the process is reaped and before a new one of that rank starts:
+    /// the row's one writer is then gone, so the stores race with nobody. Ignored beyond the pool.
+    pub fn reset_worker_connections(&self, kind: WorkerKind, rank: u32) {
+        if let Some(record) = self.region.worker(kind, rank) {
+            record.reset_connections();
+        }
+        if kind == WorkerKind::Stream {
+            for cell in self.region.conn_row(rank).unwrap_or(&[]) {
+                cell.store(0, Relaxed);
+            }
+        }
     }
 
     /// Records the reload generation just applied.
@@ -547,7 +564,8 @@ mod tests {
         let t = Table::create(&path, 100, 3, 1).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(meta.len() as usize, 128 + 832 * 100 + 64 * 4);
+        // Layout 2: header, slots, records, then one 112-cell matrix row for the stream worker.
+        assert_eq!(meta.len() as usize, 128 + 832 * 100 + 64 * 4 + 4 * 112);
         assert_eq!(t.max_sockets(), 100);
         t.set_generation(7);
         assert_eq!(t.generation(), 7);

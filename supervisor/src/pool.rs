@@ -433,20 +433,33 @@ impl Pool {
     /// max_connections check) sees it at once; the worker lowers it when the connection ends (or
     /// when it refuses it), and a dead worker's gauge is reset when it is reaped. Returns the
     /// rank, or the connection back when no worker took it.
-    pub fn hand_off(&mut self, slot: u32, peer: SocketAddr, conn: OwnedFd, shm: &Table) -> Result<u32, OwnedFd> {
-        let load = |rank: u32| shm.worker(WorkerKind::Stream, rank).map_or(0, |r| r.connections());
+    pub fn hand_off(
+        &mut self,
+        slot: u32,
+        peer: SocketAddr,
+        conn: OwnedFd,
+        shm: &Table,
+    ) -> Result<u32, OwnedFd> {
+        let load = |rank: u32| {
+            shm.worker(WorkerKind::Stream, rank)
+                .map_or(0, |r| r.connections())
+        };
         let mut candidates: Vec<(u64, usize)> = self
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready)
+            .filter(|(_, w)| {
+                w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready
+            })
             .map(|(i, w)| (load(w.rank), i))
             .collect();
         candidates.sort_unstable();
         let msg = ToWorker::Conn { slot, peer }.encode();
         for (_, i) in candidates {
             let w = &self.workers[i];
-            let Some(ch) = w.channel.as_ref() else { continue };
+            let Some(ch) = w.channel.as_ref() else {
+                continue;
+            };
             let record = shm.worker(WorkerKind::Stream, w.rank);
             // Counted before the send: the worker may take it and close it before we get back.
             if let Some(r) = record {
@@ -459,9 +472,15 @@ impl Pool {
                         r.add_connections(-1);
                     }
                     if e.kind() == std::io::ErrorKind::WouldBlock {
-                        debug!("stream worker {} is not taking connections now; trying another", w.rank);
+                        debug!(
+                            "stream worker {} is not taking connections now; trying another",
+                            w.rank
+                        );
                     } else {
-                        warn!("stream worker {}: cannot hand a connection over: {e}", w.rank);
+                        warn!(
+                            "stream worker {}: cannot hand a connection over: {e}",
+                            w.rank
+                        );
                     }
                 }
             }

@@ -371,7 +371,7 @@ impl Worker {
             record.add_connections(-1);
         }
         if conn.slot_counted {
-            self.shm.add_slot_connections(conn.slot, -1);
+            self.shm.add_slot_connections(self.rank, conn.slot, -1);
         }
         if let Some(socket) = self.sockets.get_mut(&conn.socket) {
             socket.conns = socket.conns.saturating_sub(1);
@@ -632,7 +632,7 @@ impl Worker {
                 },
             );
         }
-        self.shm.add_slot_connections(slot, -uncounted);
+        self.shm.add_slot_connections(self.rank, slot, -uncounted);
         log::debug!(
             "stream worker {}: slot {slot} removed, {uncounted} connections drain",
             self.rank
@@ -737,7 +737,7 @@ impl Worker {
         self.open += 1;
         // The worker gauge was raised by the supervisor when it handed the connection over (so
         // its next choice already sees it); the worker lowers it when the connection ends.
-        self.shm.add_slot_connections(slot, 1);
+        self.shm.add_slot_connections(self.rank, slot, 1);
         log::debug!(
             "stream worker {}: {proto} connection from {peer} on slot {slot} ({} open)",
             self.rank,
