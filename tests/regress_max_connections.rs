@@ -6,22 +6,9 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::net::TcpStream;
 
 const MAX: usize = 16;
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s
-}
-
-fn ask(s: &mut TcpStream, port: u16, n: u32) -> Option<String> {
-    let req = stream_options("TCP", s.local_addr().unwrap(), udp("127.0.0.1", port), n);
-    s.write_all(req.as_bytes()).ok()?;
-    read_sip(s)
-}
 
 #[test]
 fn a_burst_up_to_max_connections_is_served_whole() {
@@ -39,10 +26,10 @@ fn a_burst_up_to_max_connections_is_served_whole() {
     for round in 0..20u32 {
         // Every connect completes in the kernel's backlog; the supervisor accepts them in as few
         // turns as it gets to.
-        let mut conns: Vec<TcpStream> = (0..MAX).map(|_| connect(port)).collect();
+        let mut conns: Vec<TcpStream> = (0..MAX).map(|_| tcp_connect(port)).collect();
         for (i, c) in conns.iter_mut().enumerate() {
             let n = round * 100 + i as u32;
-            if ask(c, port, n).is_none() {
+            if tcp_options(c, port, n).is_none() {
                 let status = d.mi("sockets_status").unwrap();
                 let log = d.log_text();
                 let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();

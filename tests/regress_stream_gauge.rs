@@ -7,21 +7,6 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use std::io::Write;
-use std::net::TcpStream;
-
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s
-}
-
-/// An OPTIONS on `s` and its reply; `None` when the connection is gone.
-fn ask(s: &mut TcpStream, port: u16, n: u32) -> Option<String> {
-    let req = stream_options("TCP", s.local_addr().unwrap(), udp("127.0.0.1", port), n);
-    s.write_all(req.as_bytes()).ok()?;
-    read_sip(s)
-}
 
 /// The slot's open connections in a dump (the key is left out when 0).
 fn slot_connections(dump: &Value, socket: &str) -> u64 {
@@ -67,9 +52,9 @@ fn stream_worker_crash_leaves_no_phantom_connections() {
     d.reload_ok();
 
     // Two connections, each served (so each was handed to a stream worker and counted).
-    let mut conns = vec![connect(port), connect(port)];
+    let mut conns = vec![tcp_connect(port), tcp_connect(port)];
     for (n, s) in conns.iter_mut().enumerate() {
-        let reply = ask(s, port, n as u32 + 1).expect("no reply on TCP");
+        let reply = tcp_options(s, port, n as u32 + 1).expect("no reply on TCP");
         assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
     }
     let dump = d.wait_dump("2 connections counted", |v| {
@@ -102,7 +87,7 @@ fn stream_worker_crash_leaves_no_phantom_connections() {
     let served = conns
         .iter_mut()
         .enumerate()
-        .filter_map(|(n, s)| ask(s, port, n as u32 + 10))
+        .filter_map(|(n, s)| tcp_options(s, port, n as u32 + 10))
         .count();
     assert_eq!(
         served as u64, left,
@@ -129,9 +114,9 @@ fn stream_worker_crash_leaves_no_phantom_connections() {
     assert_eq!(victim["connections"], 0, "{status:#}");
 
     // The restarted worker's row counts from 0: a new connection adds exactly one.
-    let mut fresh = connect(port);
+    let mut fresh = tcp_connect(port);
     assert!(
-        ask(&mut fresh, port, 20).is_some(),
+        tcp_options(&mut fresh, port, 20).is_some(),
         "no reply after restart"
     );
     d.wait_dump("the new connection counted once", |v| {

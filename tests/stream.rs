@@ -9,18 +9,6 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    s
-}
-
-fn ask(s: &mut TcpStream, port: u16, n: u32) -> Option<String> {
-    let req = stream_options("TCP", s.local_addr().unwrap(), udp("127.0.0.1", port), n);
-    s.write_all(req.as_bytes()).ok()?;
-    read_sip(s)
-}
-
 fn tcp_daemon(name: &str, extra: &str) -> (Daemon, u16) {
     let d = Daemon::start(
         name,
@@ -38,8 +26,8 @@ fn tcp_daemon(name: &str, extra: &str) -> (Daemon, u16) {
 #[test]
 fn tcp_options_get_200_with_a_tcp_contact() {
     let (d, port) = tcp_daemon("tcp200", "");
-    let mut s = connect(port);
-    let reply = ask(&mut s, port, 1).expect("no reply on TCP");
+    let mut s = tcp_connect(port);
+    let reply = tcp_options(&mut s, port, 1).expect("no reply on TCP");
     assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
     assert!(
         reply.contains(&format!("Contact: <sip:127.0.0.1:{port};transport=tcp>")),
@@ -75,8 +63,8 @@ fn tcp_options_get_200_with_a_tcp_contact() {
 #[test]
 fn a_removed_tcp_socket_drains_its_connections_and_refuses_new_ones() {
     let (d, port) = tcp_daemon("drain", "drain_timeout = 60\n");
-    let mut s = connect(port);
-    assert!(ask(&mut s, port, 1).is_some());
+    let mut s = tcp_connect(port);
+    assert!(tcp_options(&mut s, port, 1).is_some());
     d.rm(&format!("tcp:127.0.0.1:{port}"));
     d.reload_ok();
     // The listener is gone when the reply arrives: the port can be bound again.
@@ -90,7 +78,7 @@ fn a_removed_tcp_socket_drains_its_connections_and_refuses_new_ones() {
     );
     // The established connection keeps working during the drain.
     assert!(
-        ask(&mut s, port, 2).is_some(),
+        tcp_options(&mut s, port, 2).is_some(),
         "established connection dropped by the removal"
     );
 }
@@ -98,15 +86,15 @@ fn a_removed_tcp_socket_drains_its_connections_and_refuses_new_ones() {
 #[test]
 fn a_tag_change_does_not_drop_a_live_connection() {
     let (d, port) = tcp_daemon("tagchange", "");
-    let mut s = connect(port);
-    assert!(ask(&mut s, port, 1).is_some());
+    let mut s = tcp_connect(port);
+    assert!(tcp_options(&mut s, port, 1).is_some());
     d.rm(&format!("tcp:127.0.0.1:{port}"));
     d.add(
         &format!("tcp:127.0.0.1:{port}"),
         &["--tag", "t2", "--advertised", "192.0.2.5"],
     );
     d.reload_ok();
-    let reply = ask(&mut s, port, 2).expect("connection dropped by a tag change");
+    let reply = tcp_options(&mut s, port, 2).expect("connection dropped by a tag change");
     assert!(
         reply.contains(&format!("Contact: <sip:192.0.2.5:{port};transport=tcp>")),
         "{reply}"
@@ -116,7 +104,7 @@ fn a_tag_change_does_not_drop_a_live_connection() {
 #[test]
 fn a_slow_client_is_closed_by_the_lifetime_limit() {
     let (_d, port) = tcp_daemon("lifetime", "connection_lifetime = 2\n");
-    let mut s = connect(port);
+    let mut s = tcp_connect(port);
     let req = stream_options("TCP", s.local_addr().unwrap(), udp("127.0.0.1", port), 1);
     // One header byte per second never completes a message within the lifetime.
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -149,10 +137,10 @@ fn a_slow_client_is_closed_by_the_lifetime_limit() {
 #[test]
 fn past_max_connections_new_ones_are_refused_and_existing_ones_unharmed() {
     let (d, port) = tcp_daemon("maxconn", "max_connections = 2\n");
-    let mut a = connect(port);
-    let mut b = connect(port);
-    assert!(ask(&mut a, port, 1).is_some());
-    assert!(ask(&mut b, port, 2).is_some());
+    let mut a = tcp_connect(port);
+    let mut b = tcp_connect(port);
+    assert!(tcp_options(&mut a, port, 1).is_some());
+    assert!(tcp_options(&mut b, port, 2).is_some());
     d.wait_dump("two open connections", |dump| {
         dump["workers"]
             .as_array()
@@ -162,13 +150,13 @@ fn past_max_connections_new_ones_are_refused_and_existing_ones_unharmed() {
             .sum::<u64>()
             == 2
     });
-    let mut c = connect(port);
+    let mut c = tcp_connect(port);
     assert!(
         closed_by_peer(&mut c),
         "a third connection was served past max_connections = 2"
     );
-    assert!(ask(&mut a, port, 3).is_some());
-    assert!(ask(&mut b, port, 4).is_some());
+    assert!(tcp_options(&mut a, port, 3).is_some());
+    assert!(tcp_options(&mut b, port, 4).is_some());
 }
 
 #[test]

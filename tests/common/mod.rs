@@ -404,6 +404,21 @@ pub fn read_sip(r: &mut impl Read) -> Option<String> {
     Some(head + &String::from_utf8_lossy(&body))
 }
 
+/// A TCP connection to 127.0.0.1:`port` that waits at most DEADLINE for a read.
+pub fn tcp_connect(port: u16) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+/// Send OPTIONS `n` on a TCP connection and read its reply; None when the connection failed.
+pub fn tcp_options(s: &mut std::net::TcpStream, port: u16, n: u32) -> Option<String> {
+    use std::io::Write;
+    let req = stream_options("TCP", s.local_addr().unwrap(), udp("127.0.0.1", port), n);
+    s.write_all(req.as_bytes()).ok()?;
+    read_sip(s)
+}
+
 /// True once the peer closed the stream (EOF or reset), waiting at most DEADLINE.
 pub fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
     s.set_read_timeout(Some(DEADLINE)).unwrap();
