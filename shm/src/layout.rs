@@ -142,11 +142,15 @@ const _: () = {
     assert!(size_of::<Header>() == HEADER_SIZE);
     assert!(size_of::<Slot>() == SLOT_SIZE);
     assert!(size_of::<WorkerRecord>() == WORKER_SIZE);
-    assert!(CONTENT_LEN % 8 == 0 && CONTENT_LEN == 784);
+    assert!(CONTENT_LEN.is_multiple_of(8) && CONTENT_LEN == 784);
     assert!(
         align_of::<Header>() == 8 && align_of::<Slot>() == 8 && align_of::<WorkerRecord>() == 8
     );
-    assert!(HEADER_SIZE % 64 == 0 && SLOT_SIZE % 64 == 0 && WORKER_SIZE % 64 == 0);
+    assert!(
+        HEADER_SIZE.is_multiple_of(64)
+            && SLOT_SIZE.is_multiple_of(64)
+            && WORKER_SIZE.is_multiple_of(64)
+    );
     // The matrix starts on a cache line (everything before it is whole lines) and rows are whole
     // lines too.
     assert!(size_of::<AtomicU32>() == CONN_CELL_SIZE && CONN_CELL_SIZE * CONN_ROW_ALIGN == 64);

@@ -88,7 +88,7 @@ impl Mapping {
             return None;
         }
         let ptr = self.raw.as_ptr().wrapping_add(offset);
-        if (ptr as usize) % align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(align_of::<T>()) {
             return None;
         }
         // SAFETY: the memory belongs to this Mapping (an mmap of the shm file that lives as long as
@@ -107,7 +107,7 @@ impl Mapping {
             return None;
         }
         let ptr = self.raw.as_ptr().wrapping_add(offset);
-        if (ptr as usize) % align_of::<T>() != 0 {
+        if !(ptr as usize).is_multiple_of(align_of::<T>()) {
             return None;
         }
         // SAFETY: as in `get`: the range is inside this Mapping, which the slice borrows, aligned,
