@@ -5,17 +5,22 @@
 # Kamailio (same number of children, stateless sl_send_reply) and against min_responder (the
 # machine's practical limit), the same load spread over 100 and 1,000 dynamic sockets, reload times
 # for 100 / 1,000 / 10,000 sockets and a one-row change on SQLite (and PostgreSQL and MariaDB when
-# reachable) beside a bare bind loop, loss during 100 reloads under load, and memory (PSS).
+# reachable) beside a bare bind loop, loss during 100 reloads under load, memory (PSS), and OPTIONS
+# throughput over TCP and TLS (persistent connections) against Kamailio's TCP/TLS listeners with
+# tcp_children = sipsockd's [tcp] workers.
 # Every figure is the median of several runs; every ratio is taken within one round, between runs
 # made back to back, and the median of those ratios is printed.
 #
 # usage: scripts/bench.sh [--smoke] [--runs N] [--secs S] [--processes "1 2 4"] [--window N]
+#                         [--stream-workers "1 2"] [--stream-runs N] [--connections N]
 #                         [--no-sipsockd] [--no-kamailio] [--no-install] [--out FILE] [--keep]
 #   --smoke        a few seconds: checks that the tooling works (CI runs this); never installs
 #   --no-sipsockd  only the peers (Kamailio, min_responder) and the bind floor
 #   --out FILE     also write the table (markdown) to FILE
 #   --keep         keep the work directory (logs, configs, raw JSON) and print its path
-#   --only LIST    only these sections, comma-separated: throughput,spread,reload,loss
+#   --only LIST    only these sections, comma-separated: throughput,spread,reload,loss,tcp,tls
+#   --stream-workers, --stream-runs, --connections: the TCP/TLS rows ([tcp] workers and
+#                  tcp_children; runs per figure, default 3; persistent connections, default 16)
 # Environment: SIPSOCKD_BENCH_PG_URL (default postgres://postgres@127.0.0.1/test),
 #   SIPSOCKD_BENCH_MYSQL_URL (default mysql://root@127.0.0.1/test), SIPSOCKD_BENCH_NO_BUILD=1,
 #   SIPSOCKD_BENCH_BIG (largest socket set, default 10000; for machines whose open-file hard limit
@@ -23,7 +28,7 @@
 #
 # Bounds: traffic only to 127.0.0.0/8; every load run is bounded by --duration; every wait has a
 # deadline; every process started here is stopped on exit (trap), by its pid; scratch databases
-# are dropped. The full run takes about 5 minutes after the build on a 2-core machine.
+# are dropped. The full run takes about 6 minutes after the build on a 2-core machine.
 
 set -uo pipefail
 
@@ -41,7 +46,10 @@ WITH_KAMAILIO=1
 INSTALL=1
 OUT=""
 KEEP=0
-ONLY="throughput,spread,reload,loss"
+ONLY="throughput,spread,reload,loss,tcp,tls"
+STREAM_WORKERS="1 2"
+STREAM_RUNS=3
+CONNS=16
 while [ $# -gt 0 ]; do
     case "$1" in
     --smoke) SMOKE=1 ;;
@@ -55,6 +63,9 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift ;;
     --keep) KEEP=1 ;;
     --only) ONLY=$2; shift ;;
+    --stream-workers) STREAM_WORKERS=$2; shift ;;
+    --stream-runs) STREAM_RUNS=$2; shift ;;
+    --connections) CONNS=$2; shift ;;
     -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -64,6 +75,7 @@ done
 if [ "$SMOKE" = 1 ]; then
     RUNS=1 SECS=0.5 WARM=0.1 PROCS="2" INSTALL=0
     RELOAD_SIZES="10 100" CHANGE_SIZES="100" SPREAD="10 100" LOSS_RELOADS=5 BIG=100
+    STREAM_WORKERS="1" STREAM_RUNS=1
 else
     # SIPSOCKD_BENCH_BIG lowers the largest set where the open-file hard limit cannot be raised.
     BIG=${SIPSOCKD_BENCH_BIG:-10000}
@@ -81,6 +93,10 @@ RELOAD_BASE=21000
 CHANGE_PORT=23999
 LOSS_BASE=24000
 CHURN_BASE=24100
+KAM_TCP_PORT=25071
+KAM_TLS_PORT=25072
+SD_TCP_PORT=25091
+SD_TLS_PORT=25092
 
 WORK=$(mktemp -d /tmp/sipsockd-bench.XXXXXX)
 RES=$WORK/res
@@ -177,6 +193,11 @@ for t in "$SIPLOAD" "$MINR"; do
     [ -x "$t" ] || { echo "bench.sh: $t missing" >&2; exit 1; }
 done
 [ "$WITH_SIPSOCKD" = 1 ] && [ ! -x "$BIN" ] && { fail "$BIN missing"; WITH_SIPSOCKD=0; }
+# Run a private copy: PSS splits a file's pages among every process mapping them, so another
+# sipsockd started from the same file (a test run) would make ours look smaller than it is.
+if [ "$WITH_SIPSOCKD" = 1 ]; then
+    mkdir -p "$WORK/bin" && cp "$BIN" "$WORK/bin/sipsockd" && BIN=$WORK/bin/sipsockd
+fi
 
 if [ "$WITH_KAMAILIO" = 1 ] && ! command -v kamailio >/dev/null; then
     if [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ]; then
@@ -186,14 +207,20 @@ if [ "$WITH_KAMAILIO" = 1 ] && ! command -v kamailio >/dev/null; then
         if [ ! -e /usr/sbin/policy-rc.d ]; then
             printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_added=1
         fi
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kamailio) >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kamailio kamailio-tls-modules) >&2
         [ "$policy_added" = 1 ] && rm -f /usr/sbin/policy-rc.d
     fi
     command -v kamailio >/dev/null || { log "Kamailio not installed: its rows are skipped"; WITH_KAMAILIO=0; }
 fi
+KAM_TLS=0
 if [ "$WITH_KAMAILIO" = 1 ]; then
     KAM_MPATH=$(dirname "$(find /usr/lib /usr/lib64 /usr/local/lib -name sl.so -path '*kamailio*' 2>/dev/null | head -1)")
     KAM_VERSION=$(kamailio -v 2>/dev/null | head -1 | awk '{print $3}')
+    if section tls && [ ! -e "$KAM_MPATH/tls.so" ] && [ "$INSTALL" = 1 ] && [ "$(id -u)" = 0 ]; then
+        log "installing Kamailio's TLS module (apt-get)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kamailio-tls-modules) >&2
+    fi
+    [ -e "$KAM_MPATH/tls.so" ] && KAM_TLS=1
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -234,10 +261,11 @@ insert_rows() { # BACKEND TARGET FILE: insert the socket texts of FILE (one per 
       echo "COMMIT;"; } | sql_run "$1" "$2"
 }
 
-wait_answers() { # IP:PORT: until an OPTIONS is answered (20 s at most)
-    local i
+wait_answers() { # IP:PORT [SIPLOAD_ARGS...]: until an OPTIONS is answered (20 s at most)
+    local i t=$1
+    shift
     for i in $(seq 100); do
-        "$SIPLOAD" --target "$1" --count 1 --timeout 0.2 --grace 0.2 --check --json >/dev/null 2>&1 && return 0
+        "$SIPLOAD" --target "$t" "$@" --count 1 --timeout 0.2 --grace 0.2 --check --json >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     return 1
@@ -259,7 +287,9 @@ start_minr() { # PROCESSES PORT LOG: sets MPID
     STARTED+=("$MPID")
 }
 
-# sipsockd: NAME PROCESSES MAX_SOCKETS DB_URL; sets SD_DIR, SD_CFG; prints nothing.
+# sipsockd: NAME PROCESSES MAX_SOCKETS DB_URL [STREAM_WORKERS]; sets SD_DIR, SD_CFG; prints
+# nothing. The daemon always forks [tcp] workers stream workers (at least 1, default 4), even
+# with UDP rows only: the UDP sections ask for the fewest (1), which stay idle.
 sd_config() {
     SD_DIR=$WORK/sd-$1
     SD_CFG=$SD_DIR/sipsockd.toml
@@ -277,6 +307,9 @@ reply_dir = "$SD_DIR/reply/"
 
 [shm]
 path = "/dev/shm/sipsockd-bench-$$-$1"
+
+[tcp]
+workers = ${5:-1}
 EOF
 }
 sd_mi() { $MI_TIME --fifo "$SD_DIR/fifo" --reply-dir "$SD_DIR/reply/" "$@"; }
@@ -328,7 +361,7 @@ load() { # OUT_JSON SERVER_PID TARGET_ARGS...: one measured run; appends the ser
     "$SIPLOAD" --json --duration "$SECS" --warmup "$WARM" --window "$WINDOW" "$@" >"$out" 2>>"$WORK/sipload.err" || return 1
     c1=$(cpu_tree "$spid")
     local bad
-    bad=$(awk -v l="$(jget "$out" lost)" -v n="$(jget "$out" non200)" -v s="$(jget "$out" targets_silent)" 'BEGIN {if (l + n + s > 0) printf "lost %d, non-200 %d, silent targets %d", l, n, s}')
+    bad=$(awk -v l="$(jget "$out" lost)" -v n="$(jget "$out" non200)" -v s="$(jget "$out" targets_silent)" -v c="$(jget "$out" closed)" 'BEGIN {if (l + n + s + c > 0) printf "lost %d, non-200 %d, silent targets %d, connections closed %d", l, n, s, c}')
     [ -z "$bad" ] || echo "$(basename "$out" .json): $bad" >>"$RES/anomalies"
     # The warm-up's requests are not counted in "answered" but their CPU is: scale by the time.
     awk -v c="$((c1 - c0))" -v hz="$HZ" -v a="$(jget "$out" answered)" -v s="$SECS" -v w="$WARM" \
@@ -544,6 +577,125 @@ if [ "$WITH_SIPSOCKD" = 1 ] && section loss; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# 5. TCP and TLS throughput: sipsockd ([tcp] workers = N) vs Kamailio (tcp_children = N), the
+#    window spread over persistent connections
+
+STREAMS=""
+section tcp && STREAMS="tcp"
+section tls && STREAMS="$STREAMS tls"
+if echo " $STREAMS " | grep -q " tls "; then
+    # A self-signed certificate for 127.0.0.1 (an end-entity certificate, not a CA, so a strict
+    # verifier accepts it as its own trust anchor); sipload verifies it with --ca.
+    mkdir -p "$WORK/tls"
+    cat >"$WORK/tls/cert.cnf" <<'CNF'
+[req]
+distinguished_name = dn
+prompt = no
+x509_extensions = v3
+[dn]
+CN = 127.0.0.1
+[v3]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+CNF
+    if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" -config "$WORK/tls/cert.cnf" >"$WORK/tls/openssl.log" 2>&1; then
+        fail "tls: openssl could not make a certificate (see $WORK/tls/openssl.log)"
+        STREAMS=$(echo "$STREAMS" | sed 's/tls//')
+    fi
+fi
+STREAMS=$(echo $STREAMS)
+STREAM_T0=$(date +%s)
+[ -n "$STREAMS" ] || STREAM_WORKERS=""
+sl_args() { # TRANSPORT: sipload's arguments for it
+    case $1 in
+    tcp) echo "--transport tcp --connections $CONNS" ;;
+    tls) echo "--transport tls --connections $CONNS --ca $WORK/tls/cert.pem" ;;
+    esac
+}
+port_of() { # kam|sd TRANSPORT
+    case $1-$2 in
+    kam-tcp) echo "$KAM_TCP_PORT" ;; kam-tls) echo "$KAM_TLS_PORT" ;;
+    sd-tcp) echo "$SD_TCP_PORT" ;; sd-tls) echo "$SD_TLS_PORT" ;;
+    esac
+}
+for N in $STREAM_WORKERS; do
+    log "$STREAMS: $N stream worker(s)"
+    KPID="" SPID="" KOK="" SOK=""   # KOK/SOK: the transports that answered
+    if [ "$WITH_KAMAILIO" = 1 ]; then
+        kdir=$WORK/kam-stream-$N
+        mkdir -p "$kdir"
+        sed -e "s/@CHILDREN@/$N/" -e "s/@TCP@/$KAM_TCP_PORT/" -e "s/@TLS@/$KAM_TLS_PORT/" \
+            -e "s|@CERT@|$WORK/tls/cert.pem|" -e "s|@KEY@|$WORK/tls/key.pem|" -e "s|@MPATH@|$KAM_MPATH/|" \
+            "$ROOT/scripts/bench/kamailio-stream.cfg.in" >"$kdir/kamailio.cfg"
+        if [ "$KAM_TLS" = 0 ] || ! echo " $STREAMS " | grep -q " tls "; then
+            # No TLS module (or no TLS rows): a TCP-only Kamailio.
+            sed -i -e '/listen=tls:/d' -e '/tls\.so/d' -e '/modparam("tls"/d' -e 's/^enable_tls=yes/enable_tls=no/' "$kdir/kamailio.cfg"
+        fi
+        kamailio -DD -E -f "$kdir/kamailio.cfg" -Y "$kdir" -w "$kdir" -m 64 -M 8 >"$kdir/log" 2>&1 &
+        KPID=$!
+        STARTED+=("$KPID")
+        for t in $STREAMS; do
+            if [ "$t" = tls ] && [ "$KAM_TLS" = 0 ]; then
+                fail "Kamailio's tls.so is missing: no Kamailio TLS figure (apt-get install kamailio-tls-modules)"
+            elif wait_answers "127.0.0.1:$(port_of kam "$t")" $(sl_args "$t"); then
+                KOK="$KOK $t"
+            else
+                fail "Kamailio ($t, tcp_children=$N) does not answer (see $kdir/log)"
+            fi
+        done
+    fi
+    if [ "$WITH_SIPSOCKD" = 1 ]; then
+        sd_config "stream$N" 1 10 "sqlite://$WORK/stream$N.db" "$N"
+        printf '\n[tls]\ncertificate = "%s"\nprivate_key = "%s"\n' \
+            "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >>"$SD_CFG"
+        ok=1
+        "$BIN" --config "$SD_CFG" db init >/dev/null 2>"$SD_DIR/init.err" || ok=0
+        for t in $STREAMS; do
+            "$BIN" --config "$SD_CFG" db add "$t:127.0.0.1:$(port_of sd "$t")" >/dev/null 2>>"$SD_DIR/init.err" || ok=0
+        done
+        if [ "$ok" = 1 ] && sd_start; then
+            SPID=$SD_PID
+            for t in $STREAMS; do
+                if wait_answers "127.0.0.1:$(port_of sd "$t")" $(sl_args "$t"); then
+                    SOK="$SOK $t"
+                else
+                    fail "sipsockd ($t, $N stream workers) does not answer (see $SD_DIR/log)"
+                fi
+            done
+        else
+            fail "sipsockd with $N stream workers does not start (see $SD_DIR/log, $SD_DIR/init.err)"
+        fi
+    fi
+    for r in $(seq "$STREAM_RUNS"); do
+        for t in $STREAMS; do
+            rk="" rs=""
+            if echo " $KOK " | grep -q " $t "; then
+                f=$RES/s$t-kam-$N-$r.json
+                load "$f" "$KPID" $(sl_args "$t") --target "127.0.0.1:$(port_of kam "$t")" && rk=$(jget "$f" rate)
+                [ -n "$rk" ] && put "s${t}_kam_$N" "$rk" && put "s${t}_cpu_kam_$N" "$(jget "$f" cpu_pct)" && put "s${t}_us_kam_$N" "$(cat "$f.cpu")"
+            fi
+            if echo " $SOK " | grep -q " $t "; then
+                f=$RES/s$t-sd-$N-$r.json
+                load "$f" "$SPID" $(sl_args "$t") --target "127.0.0.1:$(port_of sd "$t")" && rs=$(jget "$f" rate)
+                [ -n "$rs" ] && put "s${t}_sd_$N" "$rs" && put "s${t}_cpu_sd_$N" "$(jget "$f" cpu_pct)" && put "s${t}_us_sd_$N" "$(cat "$f.cpu")"
+            fi
+            if [ -n "$rs" ] && [ -n "$rk" ]; then
+                put "s${t}_sd_kam_$N" "$(ratio "$rs" "$rk")"
+                put "s${t}_cpu_kam_sd_$N" "$(ratio "$(cat "$RES/s$t-kam-$N-$r.json.cpu")" "$(cat "$RES/s$t-sd-$N-$r.json.cpu")")"
+            fi
+        done
+    done
+    # Memory, idle after the load (connections closed).
+    [ -n "$KPID" ] && pss_tree "$KPID" >"$RES/pss_skam_$N"
+    [ -n "$SPID" ] && pss_tree "$SPID" >"$RES/pss_ssd_$N"
+    for p in $KPID $SPID; do stop_tree "$p"; done
+done
+T_STREAM=$(($(date +%s) - STREAM_T0))
+
+# ---------------------------------------------------------------------------------------------
 # The table
 
 sd_or() { # VALUE [SECTION]: the value, or why there is none
@@ -556,6 +708,9 @@ sd_or() { # VALUE [SECTION]: the value, or why there is none
     fi
 }
 na() { echo "${1:-n/a}"; }
+kam_or() { # VALUE [SECTION]: a figure that needs Kamailio: n/a when it was not run
+    if [ "$WITH_KAMAILIO" = 1 ]; then sd_or "$@"; else na "$1"; fi
+}
 floor_ms() { grep -o '"median_ms": [0-9.]*' "$RES/floor-$1.json" 2>/dev/null | awk '{print $2}'; }
 pss_total() { [ -s "$1" ] && cut -d'|' -f1 "$1"; }
 pss_procs() { [ -s "$1" ] && cut -d'|' -f2 "$1"; }
@@ -573,11 +728,23 @@ rss_detail() { [ -s "$1" ] && cut -d'|' -f4 "$1"; }
     echo "| processes | sipsockd | Kamailio | min_responder | sipsockd / Kamailio | sipsockd / limit | Kamailio / limit | server CPU us/request (sd / kam / min) | Kamailio CPU / sipsockd CPU per request | sipload CPU % of a core (sd / kam / min) |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
     for P in $PROCS; do
-        echo "| $P | $(sd_or "$(fmt_rate "$(median "$RES/sd_$P")")") | $(na "$(fmt_rate "$(median "$RES/kam_$P")")") | $(na "$(fmt_rate "$(median "$RES/minr_$P")")") | $(sd_or "$(median "$RES/sd_kam_$P")") | $(sd_or "$(median "$RES/sd_minr_$P")") | $(na "$(median "$RES/kam_minr_$P")") | $(na "$(median "$RES/us_sd_$P")") / $(na "$(median "$RES/us_kam_$P")") / $(na "$(median "$RES/us_minr_$P")") | $(sd_or "$(median "$RES/cpu_kam_sd_$P")") | $(na "$(median "$RES/cpu_sd_$P")") / $(na "$(median "$RES/cpu_kam_$P")") / $(na "$(median "$RES/cpu_minr_$P")") |"
+        echo "| $P | $(sd_or "$(fmt_rate "$(median "$RES/sd_$P")")") | $(na "$(fmt_rate "$(median "$RES/kam_$P")")") | $(na "$(fmt_rate "$(median "$RES/minr_$P")")") | $(kam_or "$(median "$RES/sd_kam_$P")") | $(sd_or "$(median "$RES/sd_minr_$P")") | $(na "$(median "$RES/kam_minr_$P")") | $(na "$(median "$RES/us_sd_$P")") / $(na "$(median "$RES/us_kam_$P")") / $(na "$(median "$RES/us_minr_$P")") | $(kam_or "$(median "$RES/cpu_kam_sd_$P")") | $(na "$(median "$RES/cpu_sd_$P")") / $(na "$(median "$RES/cpu_kam_$P")") / $(na "$(median "$RES/cpu_minr_$P")") |"
     done
     best=$(for P in $PROCS; do m=$(median "$RES/minr_$P"); [ -n "$m" ] && echo "$m $P"; done | sort -g | tail -1)
     [ -n "$best" ] && echo && echo "Best min_responder over the process counts above: $(fmt_rate "${best% *}")/s with ${best#* } process(es) (the machine's limit with this load generator sharing the CPUs)."
     echo
+    if [ -n "$STREAM_WORKERS" ]; then
+        echo "## TCP and TLS throughput (OPTIONS answered per second, one listener, $CONNS persistent connections, median of $STREAM_RUNS)"
+        echo
+        echo "| transport | stream workers (sipsockd [tcp] workers = Kamailio tcp_children) | sipsockd | Kamailio | sipsockd / Kamailio | server CPU us/request (sd / kam) | Kamailio CPU / sipsockd CPU per request | sipload CPU % of a core (sd / kam) |"
+        echo "|---|---|---|---|---|---|---|---|"
+        for t in $STREAMS; do
+            for N in $STREAM_WORKERS; do
+                echo "| $t | $N | $(sd_or "$(fmt_rate "$(median "$RES/s${t}_sd_$N")")" "$t") | $(na "$(fmt_rate "$(median "$RES/s${t}_kam_$N")")") | $(kam_or "$(median "$RES/s${t}_sd_kam_$N")" "$t") | $(na "$(median "$RES/s${t}_us_sd_$N")") / $(na "$(median "$RES/s${t}_us_kam_$N")") | $(kam_or "$(median "$RES/s${t}_cpu_kam_sd_$N")" "$t") | $(na "$(median "$RES/s${t}_cpu_sd_$N")") / $(na "$(median "$RES/s${t}_cpu_kam_$N")") |"
+            done
+        done
+        echo
+    fi
     echo "## Spread over dynamic sockets (sipsockd, 2 processes, round robin over the sockets)"
     echo
     echo "| sockets | answered/s | vs 1 socket (same round) | server CPU us/request |"
@@ -616,12 +783,16 @@ rss_detail() { [ -s "$1" ] && cut -d'|' -f4 "$1"; }
     echo "| what | processes | PSS total | PSS per process | RSS per process |"
     echo "|---|---|---|---|---|"
     for P in $PROCS; do
-        [ -s "$RES/pss_sd_$P" ] && echo "| sipsockd, processes=$P, 1 socket, after load | $(pss_procs "$RES/pss_sd_$P") | $(pss_total "$RES/pss_sd_$P") | $(pss_detail "$RES/pss_sd_$P") | $(rss_detail "$RES/pss_sd_$P") |"
+        [ -s "$RES/pss_sd_$P" ] && echo "| sipsockd, processes=$P (+ 1 idle stream worker), 1 socket, after load | $(pss_procs "$RES/pss_sd_$P") | $(pss_total "$RES/pss_sd_$P") | $(pss_detail "$RES/pss_sd_$P") | $(rss_detail "$RES/pss_sd_$P") |"
         [ -s "$RES/pss_kam_$P" ] && echo "| Kamailio, children=$P, 1 socket, after load | $(pss_procs "$RES/pss_kam_$P") | $(pss_total "$RES/pss_kam_$P") | $(pss_detail "$RES/pss_kam_$P") | $(rss_detail "$RES/pss_kam_$P") |"
         [ -s "$RES/pss_minr_$P" ] && echo "| min_responder, $P processes | $(pss_procs "$RES/pss_minr_$P") | $(pss_total "$RES/pss_minr_$P") | $(pss_detail "$RES/pss_minr_$P") | $(rss_detail "$RES/pss_minr_$P") |"
     done
-    [ -s "$RES/pss_sd_empty" ] && echo "| sipsockd, processes=2, no socket | $(pss_procs "$RES/pss_sd_empty") | $(pss_total "$RES/pss_sd_empty") | $(pss_detail "$RES/pss_sd_empty") | $(rss_detail "$RES/pss_sd_empty") |"
-    [ -s "$RES/pss_sd_big" ] && echo "| sipsockd, processes=2, $BIG sockets | $(pss_procs "$RES/pss_sd_big") | $(pss_total "$RES/pss_sd_big") | $(pss_detail "$RES/pss_sd_big") | $(rss_detail "$RES/pss_sd_big") |"
+    for N in $STREAM_WORKERS; do
+        [ -s "$RES/pss_ssd_$N" ] && echo "| sipsockd, [tcp] workers=$N (+ 1 idle UDP worker), $(echo $STREAMS | sed 's/ / + /') listeners, after load | $(pss_procs "$RES/pss_ssd_$N") | $(pss_total "$RES/pss_ssd_$N") | $(pss_detail "$RES/pss_ssd_$N") | $(rss_detail "$RES/pss_ssd_$N") |"
+        [ -s "$RES/pss_skam_$N" ] && echo "| Kamailio, tcp_children=$N, $(echo $STREAMS | sed 's/ / + /') listeners, after load | $(pss_procs "$RES/pss_skam_$N") | $(pss_total "$RES/pss_skam_$N") | $(pss_detail "$RES/pss_skam_$N") | $(rss_detail "$RES/pss_skam_$N") |"
+    done
+    [ -s "$RES/pss_sd_empty" ] && echo "| sipsockd, processes=2 (+ 1 idle stream worker), no socket | $(pss_procs "$RES/pss_sd_empty") | $(pss_total "$RES/pss_sd_empty") | $(pss_detail "$RES/pss_sd_empty") | $(rss_detail "$RES/pss_sd_empty") |"
+    [ -s "$RES/pss_sd_big" ] && echo "| sipsockd, processes=2 (+ 1 idle stream worker), $BIG sockets | $(pss_procs "$RES/pss_sd_big") | $(pss_total "$RES/pss_sd_big") | $(pss_detail "$RES/pss_sd_big") | $(rss_detail "$RES/pss_sd_big") |"
     [ -s "$RES/shm_size" ] && echo "| shm file, max_sockets=$((BIG + 10)) | - | $(cat "$RES/shm_alloc") allocated | $(cat "$RES/shm_size") bytes (file size) | |"
     echo
     if [ -s "$RES/anomalies" ]; then
@@ -634,7 +805,7 @@ rss_detail() { [ -s "$1" ] && cut -d'|' -f4 "$1"; }
         for f in "${FAILED[@]}"; do echo "- $f"; done
         echo
     fi
-    echo "Took $(($(date +%s) - T0)) s (throughput section $T_TP s)."
+    echo "Took $(($(date +%s) - T0)) s (throughput section $T_TP s, tcp/tls section ${T_STREAM:-0} s)."
 } >"$WORK/table.md"
 
 cat "$WORK/table.md"
@@ -643,5 +814,8 @@ cat "$WORK/table.md"
 if [ "$SMOKE" = 1 ]; then
     # The tooling works when the peers answered and, with sipsockd, every section gave a figure.
     section throughput && { [ -s "$RES/minr_2" ] || fail "smoke: min_responder gave no rate"; }
+    if [ "$WITH_SIPSOCKD" = 1 ]; then
+        for t in $STREAMS; do [ -s "$RES/s${t}_sd_1" ] || fail "smoke: sipsockd gave no $t rate"; done
+    fi
 fi
 [ ${#FAILED[@]} -eq 0 ]

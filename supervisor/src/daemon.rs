@@ -170,7 +170,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         resolver: SystemResolver,
         refused_connections: 0,
     };
-    let mut next_start = state.pool.start_due(&state.shm, &Served::default(), 0);
+    state.pool.start_due(&state.shm, &Served::default(), 0);
+    let mut next_start = state.pool.next_restart();
 
     match state.reload() {
         Ok(_) => info!("initial load: {} sockets", state.sockets.len()),
@@ -258,10 +259,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             let result = mi::dispatch(&req, started, &mut state);
             mi_server.reply(&req, result);
         }
-        let served = state.sockets.served();
-        next_start = state
+        // The current set is built only when a worker is due: it costs O(sockets).
+        if state
             .pool
-            .start_due(&state.shm, &served, state.sockets.generation());
+            .next_restart()
+            .is_some_and(|t| t <= Instant::now())
+        {
+            let served = state.sockets.served();
+            state
+                .pool
+                .start_due(&state.shm, &served, state.sockets.generation());
+        }
+        next_start = state.pool.next_restart();
     }
 
     info!("stopping");

@@ -253,33 +253,36 @@ impl Pool {
         Ok(())
     }
 
-    /// Start every worker that is dead and due; returns the next due instant, if any is pending.
-    pub fn start_due(
-        &mut self,
-        shm: &Table,
-        served: &Served<'_>,
-        generation: u64,
-    ) -> Option<Instant> {
+    /// Start every worker that is dead and due ([`Pool::next_restart`] says when the next one is).
+    pub fn start_due(&mut self, shm: &Table, served: &Served<'_>, generation: u64) {
         let now = Instant::now();
-        let mut next: Option<Instant> = None;
         for i in 0..self.workers.len() {
-            if let Phase::Dead { restart_at } = self.workers[i].phase {
-                if restart_at <= now {
-                    if let Err(e) = self.start(i, shm, served, generation) {
-                        error!("{e}");
-                        let w = &mut self.workers[i];
-                        w.backoff = next_backoff(w.backoff);
-                        w.phase = Phase::Dead {
-                            restart_at: now + w.backoff,
-                        };
-                    }
-                }
+            let Phase::Dead { restart_at } = self.workers[i].phase else {
+                continue;
+            };
+            if restart_at > now {
+                continue;
             }
-            if let Phase::Dead { restart_at } = self.workers[i].phase {
-                next = Some(next.map_or(restart_at, |n: Instant| n.min(restart_at)));
+            if let Err(e) = self.start(i, shm, served, generation) {
+                error!("{e}");
+                let w = &mut self.workers[i];
+                w.backoff = next_backoff(w.backoff);
+                w.phase = Phase::Dead {
+                    restart_at: now + w.backoff,
+                };
             }
         }
-        next
+    }
+
+    /// When the next dead worker is due to start again, if any is dead.
+    pub fn next_restart(&self) -> Option<Instant> {
+        self.workers
+            .iter()
+            .filter_map(|w| match w.phase {
+                Phase::Dead { restart_at } => Some(restart_at),
+                _ => None,
+            })
+            .min()
     }
 
     /// Reap exited workers (after SIGCHLD) and schedule their restart.
