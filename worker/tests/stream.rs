@@ -103,6 +103,10 @@ struct Worker {
     buf: Vec<u8>,
     done: mpsc::Receiver<Result<u8, ServeError>>,
     generation: u64,
+    /// The worker's record, through the test's own mapping: the supervisor raises its gauge at
+    /// each hand-off, and so does [`Worker::hand_over`].
+    shm: shm::Attached,
+    rank: u32,
 }
 
 impl Worker {
@@ -117,6 +121,8 @@ impl Worker {
             buf: Vec::new(),
             done,
             generation: 0,
+            shm: shm::Attached::from_file(shm.table.file().try_clone().unwrap()).unwrap(),
+            rank,
         };
         assert_eq!(
             w.expect(),
@@ -192,15 +198,20 @@ impl Worker {
         client.set_read_timeout(Some(WAIT)).unwrap();
         client.set_write_timeout(Some(WAIT)).unwrap();
         let (accepted, peer) = listener.socket.accept().unwrap();
-        self.send(
-            ToWorker::Conn {
-                slot: listener.slot,
-                peer,
-            },
-            &[accepted.as_fd()],
-        );
+        self.hand_over(listener.slot, peer, accepted.as_fd());
         // The worker has its copy; ours closes here.
         client
+    }
+
+    /// Hand an accepted connection over as the supervisor does: raise the worker's connection
+    /// gauge, then send the fd (the worker lowers the gauge when the connection ends). Only
+    /// after a commit, as the supervisor hands connections only to ready workers.
+    fn hand_over(&self, slot: u32, peer: SocketAddr, fd: BorrowedFd<'_>) {
+        self.shm
+            .worker(WorkerKind::Stream, self.rank)
+            .unwrap()
+            .add_connections(1);
+        self.send(ToWorker::Conn { slot, peer }, &[fd]);
     }
 
     fn shutdown(self) -> u8 {
@@ -1000,7 +1011,7 @@ fn a_client_that_does_not_read_its_replies_stalls_only_itself() {
     let (accepted, peer) = l.socket.accept().unwrap();
     setsockopt(&accepted, sockopt::SndBuf, &65536).unwrap();
     setsockopt(&accepted, sockopt::RcvBuf, &65536).unwrap();
-    w.send(ToWorker::Conn { slot: 0, peer }, &[accepted.as_fd()]);
+    w.hand_over(0, peer, accepted.as_fd());
     drop(accepted);
 
     const N: usize = 5000;
