@@ -2,39 +2,16 @@
 //! channel, the test plays the supervisor on the other end (Setup with a real shm table, Add with
 //! real UDP sockets it bound) and a SIP client on loopback.
 
+mod common;
+
+use common::{TempDir, WAIT};
 use shm::{Table, WorkerKind};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 use worker::ipc::{FromWorker, SocketInfo, ToWorker};
 use worker::{Channel, ServeError};
-
-/// Every wait of these tests: generous, since the machine is shared.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "worker-serve-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A shm table for two UDP workers.
 struct Shm {

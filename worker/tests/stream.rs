@@ -3,43 +3,20 @@
 //! Describe, and Conn with connections it accepted on its own listeners) and the SIP, TLS and
 //! WebSocket clients on loopback.
 
+mod common;
+
+use common::{TempDir, WAIT};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use shm::{Proto, Reader, SlotData, SlotState, Table, WorkerKind};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 use worker::ipc::{FromWorker, SocketInfo, StreamSettings, TlsMaterial, ToWorker};
 use worker::{Channel, ServeError};
-
-/// Every wait of these tests: generous, since the machine is shared.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "worker-stream-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A shm table with one UDP and two stream worker records, every slot occupied (so the reader
 /// lists them all).
