@@ -49,7 +49,8 @@ enum Command {
     },
     /// Send one MI command to a running daemon through its FIFO.
     Mi(MiArgs),
-    /// Print the shared slot table of a running daemon (read-only).
+    /// Print the shared slot table of a running daemon (read-only); exit status 3 when the
+    /// supervisor named in it is gone (a stale file).
     ShmDump {
         /// The shm file (default: `[shm] path` of the configuration).
         #[arg(long, value_name = "FILE")]
@@ -209,7 +210,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::ShmDump { path, json } => {
             let path = path.unwrap_or(config.shm.path.clone());
-            shm::dump(&path, json, &mut out)?
+            if shm::dump(&path, json, &mut out)?.stale {
+                // The supervisor named in the file is gone: what it shows is not running.
+                return Ok(ExitCode::from(3));
+            }
         }
         Command::Worker(_) => unreachable!("handled above"),
     }

@@ -217,6 +217,18 @@ fn a_killed_supervisor_takes_its_workers_along_and_a_new_run_starts_cleanly() {
         fifo.exists() && shm.exists(),
         "the stale FIFO and shm are the point of this test"
     );
+    // Regression (issue 12): the dump of a dead daemon's table said nothing of it and exited 0.
+    let out = d.cli(&["shm-dump"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.starts_with(&format!("stale: supervisor PID {} is gone", d.pid())),
+        "{text}"
+    );
+    let out = d.cli(&["shm-dump", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["stale"], true);
     // The port is free again once the workers are gone; a new run takes over the stale files.
     let mut again = std::process::Command::new(bin())
         .arg("--config")

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::layout;
 use crate::region::{Access, Region};
-use crate::{ShmError, WorkerKind, WorkerRecord};
+use crate::{ShmError, SlotCounter, SlotCounts, WorkerKind, WorkerRecord};
 
 /// A worker's view of the table.
 pub struct Attached {
@@ -45,10 +45,27 @@ impl Attached {
         self.region.geometry().max_sockets
     }
 
-    /// Adds `n` datagrams to a slot's counter (ignored beyond `max_sockets`).
+    /// Adds `n` datagrams to a slot's `received` counter (ignored beyond `max_sockets`).
     pub fn add_slot_received(&self, index: u32, n: u64) {
+        self.add_slot(index, SlotCounter::Received, n);
+    }
+
+    /// Adds `n` to one counter of a slot (ignored beyond `max_sockets`).
+    pub fn add_slot(&self, index: u32, which: SlotCounter, n: u64) {
         if let Some(slot) = self.region.slot(index) {
-            slot.received.fetch_add(n, Relaxed);
+            slot.counter(which).fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Adds a batch's counts to a slot: one atomic add per counter that moved.
+    pub fn add_slot_counts(&self, index: u32, counts: &SlotCounts) {
+        let Some(slot) = self.region.slot(index) else {
+            return;
+        };
+        for (which, n) in SlotCounter::ALL.iter().zip(counts.values()) {
+            if *n != 0 {
+                slot.counter(*which).fetch_add(*n, Relaxed);
+            }
         }
     }
 

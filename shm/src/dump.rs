@@ -5,8 +5,10 @@ use std::path::Path;
 
 use crate::{Reader, ShmError, Snapshot};
 
-/// Prints the table at `path` (read-only attach), as text or as one JSON object and a newline.
-pub fn dump(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), ShmError> {
+/// Prints the table at `path` (read-only attach), as text or as one JSON object and a newline,
+/// and returns what it printed (the caller tells a stale table, `snapshot.stale`, by its exit
+/// status).
+pub fn dump(path: &Path, json: bool, out: &mut dyn Write) -> Result<Snapshot, ShmError> {
     let snapshot = Reader::open(path)?.snapshot();
     let written = if json {
         serde_json::to_writer(&mut *out, &snapshot)
@@ -17,24 +19,76 @@ pub fn dump(path: &Path, json: bool, out: &mut dyn Write) -> Result<(), ShmError
     };
     written
         .and_then(|()| out.flush())
-        .map_err(|e| ShmError::io(path, "write output", e))
+        .map_err(|e| ShmError::io(path, "write output", e))?;
+    Ok(snapshot)
+}
+
+/// A Unix time in seconds as an RFC 3339 UTC date (the number itself if out of range).
+fn date(unix_seconds: u64) -> String {
+    i64::try_from(unix_seconds)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| unix_seconds.to_string(), |t| t.to_string())
+}
+
+/// A Unix time in milliseconds as an RFC 3339 UTC date with milliseconds.
+fn date_ms(unix_ms: u64) -> String {
+    i64::try_from(unix_ms)
+        .ok()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or_else(|| unix_ms.to_string(), |t| format!("{t:.3}"))
+}
+
+/// The reload line of the text dump.
+fn reload_line(s: &Snapshot) -> String {
+    let r = &s.reloads;
+    if r.count == 0 {
+        return "reloads: none yet".into();
+    }
+    let result = match r.last_status {
+        200 => "OK".to_string(),
+        code => format!("error {code}"),
+    };
+    format!(
+        "reloads: {} ({} not OK); last: {result} in {:.1} ms at {}{}",
+        r.count,
+        r.failures,
+        r.last_duration_us as f64 / 1000.0,
+        date_ms(r.last_at_ms),
+        if r.last_absent > 0 {
+            format!(", {} rows absent (address not on this host)", r.last_absent)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// The text form: the header, then a table of the non-free slots, then one of the workers.
 pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
-    let mut text = format!(
-        "{}: layout {}, supervisor pid {}, started {} (unix time)\n\
-         max_sockets {}, processes {}, stream_workers {}, generation {}, cursor {}\n\n",
+    let mut text = String::new();
+    if s.stale {
+        text.push_str(&format!(
+            "stale: supervisor PID {} is gone (this file is what a dead daemon left; nothing in it \
+             is served)\n",
+            s.pid
+        ));
+    }
+    text.push_str(&format!(
+        "{}: layout {}, supervisor pid {}, started {}\n\
+         max_sockets {}, processes {}, stream_workers {}, generation {}, cursor {}\n\
+         {}; stream connections refused {}\n\n",
         path.display(),
         s.layout,
         s.pid,
-        s.start_time,
+        date(s.start_time),
         s.max_sockets,
         s.processes,
         s.stream_workers,
         s.generation,
         s.cursor,
-    );
+        reload_line(s),
+        s.connections_refused,
+    ));
     text.push_str(&format!(
         "slots: {} of {} in use\n",
         s.slots.len(),
@@ -52,6 +106,10 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
             "FLAGS",
             "TOS",
             "RECEIVED",
+            "REPLIED",
+            "RELAYED",
+            "REFUSED",
+            "DROPPED",
             "CONNECTIONS",
             "ERROR",
         ])];
@@ -67,6 +125,11 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
                 or_dash(&slot.flags),
                 slot.tos.to_string(),
                 slot.received.to_string(),
+                slot.replied.to_string(),
+                format!("{}/{}", slot.relayed_requests, slot.relayed_responses),
+                (slot.sent_403 + slot.sent_482 + slot.sent_483 + slot.sent_430 + slot.sent_503)
+                    .to_string(),
+                slot.dropped.to_string(),
                 slot.connections.to_string(),
                 or_dash(&slot.error),
             ]);
@@ -86,6 +149,9 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
             "DROPPED",
             "WAKEUPS",
             "CONNECTIONS",
+            "RELAYED",
+            "BUSY_S",
+            "REFUSED",
         ])];
         for w in &s.workers {
             rows.push(vec![
@@ -99,6 +165,9 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
                 w.dropped.to_string(),
                 w.wakeups.to_string(),
                 w.connections.to_string(),
+                format!("{}/{}", w.relayed_requests, w.relayed_responses),
+                format!("{:.3}", w.busy_ns as f64 / 1e9),
+                w.refused.to_string(),
             ]);
         }
         text.push_str(&columns(&rows));
@@ -186,52 +255,122 @@ mod tests {
         // Two stream workers' shares would add up; here one worker holds all 7.
         attached.add_slot_connections(0, i, 7);
 
+        attached.add_slot(i, crate::SlotCounter::Replied, 10);
+        attached.add_slot(i, crate::SlotCounter::RelayedRequests, 4);
+        attached.add_slot(i, crate::SlotCounter::RelayedResponses, 3);
+        attached.add_slot(i, crate::SlotCounter::Sent483, 1);
+        attached.add_slot(i, crate::SlotCounter::Sent403, 1);
+        attached.add_slot(i, crate::SlotCounter::Dropped, 2);
+        table.record_reload(200, std::time::Duration::from_micros(1500), 0);
+        table.record_reload(500, std::time::Duration::from_micros(2500), 2);
+        table.add_connections_refused(4);
+
         let mut out = Vec::new();
-        dump(&path, false, &mut out).unwrap();
+        let snap = dump(&path, false, &mut out).unwrap();
+        assert!(!snap.stale);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines[0].contains(&format!("supervisor pid {}", std::process::id())),
             "{text}"
         );
+        // The start as a date, not a Unix number.
+        let year = lines[0].rsplit("started ").next().unwrap();
+        assert!(year.starts_with("20") && year.ends_with('Z'), "{text}");
         assert!(
             lines[1]
                 .contains("max_sockets 3, processes 2, stream_workers 1, generation 5, cursor 1"),
             "{text}"
         );
-        assert_eq!(lines[3], "slots: 2 of 3 in use");
         assert!(
-            lines[4].starts_with("INDEX  STATE   PROTO  SOCKET"),
+            lines[2].starts_with("reloads: 2 (1 not OK); last: error 500 in 2.5 ms at 20"),
             "{text}"
         );
-        let slot0: Vec<&str> = lines[5].split_whitespace().collect();
+        assert!(
+            lines[2].ends_with(
+                ", 2 rows absent (address not on this host); stream connections refused 4"
+            ),
+            "{text}"
+        );
+        assert_eq!(lines[4], "slots: 2 of 3 in use");
+        assert!(
+            lines[5].starts_with("INDEX  STATE   PROTO  SOCKET"),
+            "{text}"
+        );
+        assert!(
+            lines[5].contains("RECEIVED  REPLIED  RELAYED  REFUSED  DROPPED  CONNECTIONS  ERROR"),
+            "{text}"
+        );
+        let slot0: Vec<&str> = lines[6].split_whitespace().collect();
         assert_eq!(slot0[..4], ["0", "active", "udp", "udp:127.0.0.1:5070"]);
-        assert!(lines[5].contains("line break"), "{text}");
-        assert!(lines[5].contains(" 12 "), "{text}");
-        assert!(lines[4].contains("RECEIVED  CONNECTIONS  ERROR"), "{text}");
-        assert!(lines[5].contains(" 12        7 "), "{text}");
+        assert!(lines[6].contains("line break"), "{text}");
         assert!(
-            lines[6].starts_with("1      error   udp    udp:192.0.2.1:5060"),
+            lines[6].contains(" 12        10       4/3      2        2        7"),
             "{text}"
         );
         assert!(
-            lines[6].ends_with("Cannot assign requested address (os error 99)"),
+            lines[7].starts_with("1      error   udp    udp:192.0.2.1:5060"),
             "{text}"
         );
-        assert_eq!(lines[8], "workers: 3");
+        assert!(
+            lines[7].ends_with("Cannot assign requested address (os error 99)"),
+            "{text}"
+        );
+        assert_eq!(lines[9], "workers: 3");
         assert_eq!(
-            lines[9].split_whitespace().take(3).collect::<Vec<_>>(),
+            lines[10].split_whitespace().take(3).collect::<Vec<_>>(),
             ["KIND", "RANK", "PID"],
             "{text}"
         );
-        let w1: Vec<&str> = lines[11].split_whitespace().collect();
+        let w1: Vec<&str> = lines[12].split_whitespace().collect();
         assert_eq!(
             w1,
-            ["udp", "1", "31337", "ready", "0", "12", "0", "0", "0", "0"]
+            ["udp", "1", "31337", "ready", "0", "12", "0", "0", "0", "0", "0/0", "0.000", "0"]
         );
-        let s0: Vec<&str> = lines[12].split_whitespace().collect();
+        let s0: Vec<&str> = lines[13].split_whitespace().collect();
         assert_eq!(s0[..4], ["stream", "0", "0", "stopped"]);
-        assert_eq!(lines.len(), 13, "{text}");
+        assert_eq!(lines.len(), 14, "{text}");
+    }
+
+    /// Regression (issue 12): after the supervisor was SIGKILLed, the dump showed slots "active"
+    /// and workers "ready" with nothing saying the daemon was gone.
+    #[test]
+    fn a_table_whose_supervisor_is_gone_is_stale() {
+        let dir = TestDir::new("dump-stale");
+        let path = dir.path("t.shm");
+        let table = Table::create(&path, 2, 1, 0).unwrap();
+        table.occupy(&SlotData {
+            state: SlotState::Active,
+            socket: "udp:127.0.0.1:5070".into(),
+            ..Default::default()
+        });
+        // What a SIGKILLed supervisor leaves: the file, its header naming a process that is gone.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let copy = dir.path("copy.shm");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[36..40].copy_from_slice(&dead.to_ne_bytes());
+        std::fs::write(&copy, &bytes).unwrap();
+        let mut out = Vec::new();
+        let snap = dump(&copy, false, &mut out).unwrap();
+        assert!(snap.stale);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(&format!("stale: supervisor PID {dead} is gone")),
+            "{text}"
+        );
+        let mut out = Vec::new();
+        dump(&copy, true, &mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stale"], true);
+        // Our own pid with another start time: a recycled pid is stale too.
+        bytes[36..40].copy_from_slice(&std::process::id().to_ne_bytes());
+        bytes[64..72].copy_from_slice(&1u64.to_ne_bytes());
+        std::fs::write(&copy, &bytes).unwrap();
+        assert!(dump(&copy, true, &mut Vec::new()).unwrap().stale);
+        // The live one is not.
+        assert!(!dump(&path, true, &mut Vec::new()).unwrap().stale);
     }
 
     #[test]

@@ -5,13 +5,19 @@
 //!
 //! ```text
 //! offset                      size            what
-//! 0                           128             Header
-//! 128                         832 * S         S = max_sockets slots
-//! 128 + 832*S                 64 * (U + T)    worker records: U = processes (udp), then T = stream workers
-//! C = 128 + 832*S + 64*(U+T)  4 * R * T       connection matrix: one row per stream worker (rank order),
+//! 0                           256             Header
+//! 256                         960 * S         S = max_sockets slots
+//! 256 + 960*S                 128 * (U + T)   worker records: U = processes (udp), then T = stream workers
+//! C = 256 + 960*S + 128*(U+T) 4 * R * T       connection matrix: one row per stream worker (rank order),
 //!                                             R = S rounded up to a multiple of 16 cells (64 bytes)
 //! total = C + 4*R*T                           the file length must be exactly this
 //! ```
+//!
+//! Layout 3 (this one) gives each slot a block of counters ([`SlotCounter`]: received, local
+//! replies, relayed requests and responses, drops, error replies by code), each worker record
+//! relay, busy-time and refusal counters, and the header the supervisor's identity (its start in
+//! clock ticks, so a reader can tell a live supervisor from a recycled pid), a heartbeat and the
+//! reload statistics (count, failures, last result, a duration histogram).
 //!
 //! The connection matrix (layout 2): cell `C + 4 * (R * rank + index)` is an `AtomicU32` holding
 //! the connections stream worker `rank` has open on slot `index` (an i32 in two's complement;
@@ -35,8 +41,9 @@ use crate::{Proto, SlotData, SlotState, WorkerKind, WorkerState};
 /// other byte order fails this check instead of being misread).
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SIPSKSHM");
 /// Bumped on any change of the structures below. 2: per-worker connection matrix after the
-/// worker records; the slot's own connection gauge (offset 16) is no longer used.
-pub const LAYOUT_VERSION: u32 = 2;
+/// worker records. 3: per-slot counter block, larger worker records, reload statistics and the
+/// supervisor's identity in a 256-byte header.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Sanity limits, so a foreign header cannot make us compute or map absurd sizes.
 pub(crate) const MAX_SLOTS: u32 = 65_536;
@@ -90,24 +97,114 @@ pub(crate) struct Header {
     /// The slot allocated last (`max_sockets - 1` before the first allocation, so it is slot 0).
     pub cursor: AtomicU32,
     _spare: AtomicU32,
-    _reserved: [AtomicU64; 8],
+    /// The supervisor's start in clock ticks since boot (field 22 of /proc/PID/stat): with the
+    /// pid, it tells the supervisor apart from a later process that got the same pid.
+    pub start_ticks: AtomicU64,
+    /// Unix time in milliseconds of the supervisor loop's last turn (it stores it at least once
+    /// a second): a reader sees a stalled loop.
+    pub heartbeat_ms: AtomicU64,
+    /// Reloads done (initial load, MI, SIGHUP, automatic), whatever their result.
+    pub reloads: AtomicU64,
+    /// Reloads whose result was not "OK".
+    pub reload_failures: AtomicU64,
+    /// Unix time in milliseconds at which the last reload ended (0: none yet).
+    pub last_reload_ms: AtomicU64,
+    /// Duration of the last reload, microseconds.
+    pub last_reload_us: AtomicU64,
+    /// Result of the last reload: 200 OK, else the MI error code (400, 500); 0 before the first.
+    pub last_reload_status: AtomicU32,
+    /// Rows of the last reload whose address is not on this host.
+    pub last_reload_absent: AtomicU32,
+    /// Sum of all reload durations, microseconds (the histogram's sum).
+    pub reload_us_total: AtomicU64,
+    /// Reload durations by bucket: [`RELOAD_BUCKETS_US`] upper bounds, then +Inf; not cumulative.
+    pub reload_buckets: [AtomicU64; RELOAD_BUCKETS],
+    /// New stream connections the supervisor refused (max_connections, no worker could take it).
+    pub connections_refused: AtomicU64,
+    _reserved: [AtomicU64; 3],
 }
+
+/// Upper bounds, in microseconds, of the reload duration histogram (a last bucket is +Inf).
+pub const RELOAD_BUCKETS_US: [u64; 11] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000,
+];
+/// Buckets of the reload histogram: one per bound, and +Inf.
+pub const RELOAD_BUCKETS: usize = RELOAD_BUCKETS_US.len() + 1;
+
+/// The per-slot counters, in their order in the slot's counter block. Workers add to them; the
+/// supervisor zeroes them when the slot changes owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum SlotCounter {
+    /// Messages received on the socket (datagrams, or SIP messages on its connections).
+    Received = 0,
+    /// Replies sipsockd answered itself (200 to OPTIONS, the configured reply).
+    Replied = 1,
+    /// Requests received on the socket and forwarded.
+    RelayedRequests = 2,
+    /// Responses received on the socket and forwarded.
+    RelayedResponses = 3,
+    /// Messages received on the socket that went nowhere (malformed, ACK, keep-alives, a response
+    /// with no valid Via of ours, a send that failed).
+    Dropped = 4,
+    /// 403 Forbidden sent (forged Route, initial request to a non-upstream).
+    Sent403 = 5,
+    /// 482 Loop Detected sent.
+    Sent482 = 6,
+    /// 483 Too Many Hops sent.
+    Sent483 = 7,
+    /// 430 Flow Failed sent.
+    Sent430 = 8,
+    /// 503 sent because no outgoing socket fits the destination.
+    Sent503 = 9,
+}
+
+impl SlotCounter {
+    /// Every counter, in block order.
+    pub const ALL: [SlotCounter; 10] = [
+        SlotCounter::Received,
+        SlotCounter::Replied,
+        SlotCounter::RelayedRequests,
+        SlotCounter::RelayedResponses,
+        SlotCounter::Dropped,
+        SlotCounter::Sent403,
+        SlotCounter::Sent482,
+        SlotCounter::Sent483,
+        SlotCounter::Sent430,
+        SlotCounter::Sent503,
+    ];
+
+    /// The name in `shm-dump --json`, `sockets_status` and statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotCounter::Received => "received",
+            SlotCounter::Replied => "replied",
+            SlotCounter::RelayedRequests => "relayed_requests",
+            SlotCounter::RelayedResponses => "relayed_responses",
+            SlotCounter::Dropped => "dropped",
+            SlotCounter::Sent403 => "sent_403",
+            SlotCounter::Sent482 => "sent_482",
+            SlotCounter::Sent483 => "sent_483",
+            SlotCounter::Sent430 => "sent_430",
+            SlotCounter::Sent503 => "sent_503",
+        }
+    }
+}
+
+/// Words in a slot's counter block (the ones [`SlotCounter`] does not name are reserved).
+pub(crate) const SLOT_COUNTERS: usize = 15;
 
 /// One socket slot.
 #[repr(C)]
 pub(crate) struct Slot {
     /// Seqlock sequence: odd while the supervisor writes `words`.
     pub seq: AtomicU64,
-    /// Datagrams received on the slot's socket (workers add; not under the seqlock).
-    pub received: AtomicU64,
-    /// Bytes 16..32: unused. Layout 1 kept a shared connection gauge at 16, which a crashed
-    /// worker's share made wrong for ever; the connection matrix replaced it. Kept so the slot
-    /// stays 13 cache lines and the contents keep their offset.
-    _reserved: [AtomicU64; 2],
+    /// The counters, indexed by [`SlotCounter`] (workers add; not under the seqlock).
+    pub counters: [AtomicU64; SLOT_COUNTERS],
     /// The contents (see `encode`), read and written word by word under `seq`.
     pub words: [AtomicU64; CONTENT_WORDS],
-    /// Pads the slot to 13 cache lines.
-    _pad: [AtomicU64; 2],
+    /// Pads the slot to 15 cache lines.
+    _pad: [AtomicU64; 6],
 }
 
 /// One worker's record; every field is an atomic so the supervisor and the worker may both write
@@ -127,11 +224,27 @@ pub struct WorkerRecord {
     /// Open connections of a stream worker (a gauge it moves; the supervisor reads it to hand a
     /// new connection to the least loaded worker, and zeroes it when the worker dies).
     pub(crate) connections: AtomicU64,
+    /// Requests this worker forwarded.
+    pub(crate) relayed_requests: AtomicU64,
+    /// Responses this worker forwarded.
+    pub(crate) relayed_responses: AtomicU64,
+    /// Nanoseconds spent handling traffic (from a wakeup to going back to wait).
+    pub(crate) busy_ns: AtomicU64,
+    /// Connections this stream worker refused (its open-file limit, its share of
+    /// max_connections) or messages it could not take.
+    pub(crate) refused: AtomicU64,
+    /// Messages that reached this worker through its inbox (responses for its connections,
+    /// requests to send over its outbound connections).
+    pub(crate) inbox_received: AtomicU64,
+    /// Messages other workers could not put in this worker's inbox (full) or it could not
+    /// deliver (connection gone).
+    pub(crate) inbox_dropped: AtomicU64,
+    _reserved: [AtomicU64; 2],
 }
 
-pub(crate) const HEADER_SIZE: usize = 128;
-pub(crate) const SLOT_SIZE: usize = 832;
-pub(crate) const WORKER_SIZE: usize = 64;
+pub(crate) const HEADER_SIZE: usize = 256;
+pub(crate) const SLOT_SIZE: usize = 960;
+pub(crate) const WORKER_SIZE: usize = 128;
 /// One cell of the connection matrix (an `AtomicU32`).
 pub(crate) const CONN_CELL_SIZE: usize = 4;
 /// A matrix row is padded to a multiple of this many cells (64 bytes: one cache line).
@@ -167,10 +280,12 @@ const _: () = {
     assert!(offset_of!(Header, start_time) == 40);
     assert!(offset_of!(Header, generation) == 48);
     assert!(offset_of!(Header, cursor) == 56);
+    assert!(offset_of!(Header, start_ticks) == 64);
+    assert!(offset_of!(Header, reload_buckets) == 128);
     assert!(offset_of!(Slot, seq) == 0);
-    assert!(offset_of!(Slot, received) == 8);
-    assert!(offset_of!(Slot, _reserved) == 16);
-    assert!(offset_of!(Slot, words) == 32);
+    assert!(offset_of!(Slot, counters) == 8);
+    assert!(offset_of!(Slot, words) == 128);
+    assert!(SlotCounter::ALL.len() <= SLOT_COUNTERS);
     assert!(offset_of!(WorkerRecord, kind) == 0);
     assert!(offset_of!(WorkerRecord, rank) == 4);
     assert!(offset_of!(WorkerRecord, pid) == 8);
@@ -181,6 +296,7 @@ const _: () = {
     assert!(offset_of!(WorkerRecord, dropped) == 40);
     assert!(offset_of!(WorkerRecord, wakeups) == 48);
     assert!(offset_of!(WorkerRecord, connections) == 56);
+    assert!(offset_of!(WorkerRecord, relayed_requests) == 64);
 };
 
 /// Where the header's pid sits, for reading it from a file we could not lock.
@@ -303,7 +419,13 @@ pub(crate) fn validate(header: &Header, file_len: usize) -> Result<Geometry, Str
 }
 
 /// Fills a header at creation (the file is not yet visible to anyone else).
-pub(crate) fn init_header(header: &Header, geo: Geometry, pid: u32, start_time: u64) {
+pub(crate) fn init_header(
+    header: &Header,
+    geo: Geometry,
+    pid: u32,
+    start_time: u64,
+    start_ticks: u64,
+) {
     header.layout.store(LAYOUT_VERSION, Relaxed);
     header.header_size.store(HEADER_SIZE as u32, Relaxed);
     header.slot_size.store(SLOT_SIZE as u32, Relaxed);
@@ -313,6 +435,7 @@ pub(crate) fn init_header(header: &Header, geo: Geometry, pid: u32, start_time: 
     header.stream_workers.store(geo.stream_workers, Relaxed);
     header.pid.store(pid, Relaxed);
     header.start_time.store(start_time, Relaxed);
+    header.start_ticks.store(start_ticks, Relaxed);
     header.generation.store(0, Relaxed);
     header
         .cursor
@@ -335,6 +458,7 @@ pub(crate) fn slot_state_code(state: SlotState) -> u8 {
         SlotState::Free => 0,
         SlotState::Active => 1,
         SlotState::Error => 2,
+        SlotState::Absent => 3,
     }
 }
 
@@ -343,6 +467,7 @@ pub(crate) fn slot_state_from_code(code: u8) -> SlotState {
     match code {
         0 => SlotState::Free,
         1 => SlotState::Active,
+        3 => SlotState::Absent,
         _ => SlotState::Error,
     }
 }
@@ -481,13 +606,52 @@ impl Slot {
         }
     }
 
-    /// Zeroes the slot's own counter (the slot changes owner). Its connections are the sum of its
+    /// Zeroes the slot's counters (the slot changes owner). Its connections are the sum of its
     /// column in the matrix, whose cells belong to the workers: they go back to 0 as each worker
     /// drops the old socket's connections (uncounted at `Remove`), never by a store from here,
     /// which would race with a worker's decrement and leave the column negative.
     pub fn reset_counters(&self) {
-        self.received.store(0, Relaxed);
+        for c in &self.counters {
+            c.store(0, Relaxed);
+        }
     }
+
+    /// One counter.
+    pub fn counter(&self, which: SlotCounter) -> &AtomicU64 {
+        // `which` is below SlotCounter::ALL.len() <= SLOT_COUNTERS (pinned at compile time).
+        &self.counters[which as usize]
+    }
+
+    /// Every named counter's value, in [`SlotCounter::ALL`] order.
+    pub fn counter_values(&self) -> [u64; SlotCounter::ALL.len()] {
+        SlotCounter::ALL.map(|c| self.counter(c).load(Relaxed))
+    }
+}
+
+// ---- reload statistics -------------------------------------------------------------------------
+
+/// The histogram bucket of a reload that took `us` microseconds.
+pub(crate) fn reload_bucket(us: u64) -> usize {
+    RELOAD_BUCKETS_US
+        .iter()
+        .position(|bound| us <= *bound)
+        .unwrap_or(RELOAD_BUCKETS_US.len())
+}
+
+/// Records one finished reload in the header (only the supervisor calls it).
+pub(crate) fn record_reload(header: &Header, status: u32, us: u64, at_ms: u64, absent: u32) {
+    header.reloads.fetch_add(1, Relaxed);
+    if status != 200 {
+        header.reload_failures.fetch_add(1, Relaxed);
+    }
+    header.reload_us_total.fetch_add(us, Relaxed);
+    if let Some(b) = header.reload_buckets.get(reload_bucket(us)) {
+        b.fetch_add(1, Relaxed);
+    }
+    header.last_reload_us.store(us, Relaxed);
+    header.last_reload_status.store(status, Relaxed);
+    header.last_reload_absent.store(absent, Relaxed);
+    header.last_reload_ms.store(at_ms, Release);
 }
 
 // ---- connection matrix --------------------------------------------------------------------------
@@ -616,6 +780,66 @@ impl WorkerRecord {
         self.wakeups.load(Relaxed)
     }
 
+    /// Adds requests forwarded.
+    pub fn add_relayed_requests(&self, n: u64) {
+        self.relayed_requests.fetch_add(n, Relaxed);
+    }
+
+    /// Adds responses forwarded.
+    pub fn add_relayed_responses(&self, n: u64) {
+        self.relayed_responses.fetch_add(n, Relaxed);
+    }
+
+    /// Adds time spent handling traffic.
+    pub fn add_busy_ns(&self, n: u64) {
+        self.busy_ns.fetch_add(n, Relaxed);
+    }
+
+    /// Adds refused connections or messages.
+    pub fn add_refused(&self, n: u64) {
+        self.refused.fetch_add(n, Relaxed);
+    }
+
+    /// Adds messages taken from the inbox.
+    pub fn add_inbox_received(&self, n: u64) {
+        self.inbox_received.fetch_add(n, Relaxed);
+    }
+
+    /// Adds messages lost on the way through the inbox.
+    pub fn add_inbox_dropped(&self, n: u64) {
+        self.inbox_dropped.fetch_add(n, Relaxed);
+    }
+
+    /// Requests forwarded.
+    pub fn relayed_requests(&self) -> u64 {
+        self.relayed_requests.load(Relaxed)
+    }
+
+    /// Responses forwarded.
+    pub fn relayed_responses(&self) -> u64 {
+        self.relayed_responses.load(Relaxed)
+    }
+
+    /// Nanoseconds spent handling traffic.
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns.load(Relaxed)
+    }
+
+    /// Refused connections or messages.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    /// Messages taken from the inbox.
+    pub fn inbox_received(&self) -> u64 {
+        self.inbox_received.load(Relaxed)
+    }
+
+    /// Messages lost on the way through the inbox.
+    pub fn inbox_dropped(&self) -> u64 {
+        self.inbox_dropped.load(Relaxed)
+    }
+
     /// The pool this record belongs to, as written at creation (`None` if damaged).
     pub(crate) fn kind(&self) -> Option<WorkerKind> {
         match self.kind.load(Relaxed) {
@@ -711,12 +935,12 @@ mod tests {
             processes: 8,
             stream_workers: 2,
         };
-        assert_eq!(g.slots_offset(), 128);
-        assert_eq!(g.workers_offset(), 128 + 832 * 100);
-        assert_eq!(g.conns_offset(), 128 + 832 * 100 + 64 * 10);
+        assert_eq!(g.slots_offset(), 256);
+        assert_eq!(g.workers_offset(), 256 + 960 * 100);
+        assert_eq!(g.conns_offset(), 256 + 960 * 100 + 128 * 10);
         // 100 slots round up to 112 cells (7 cache lines) per stream worker.
         assert_eq!(g.conn_row_cells(), 112);
-        assert_eq!(g.total_len(), 128 + 832 * 100 + 64 * 10 + 4 * 112 * 2);
+        assert_eq!(g.total_len(), 256 + 960 * 100 + 128 * 10 + 4 * 112 * 2);
         assert_eq!(
             g.conns_offset() % 64,
             0,
@@ -743,8 +967,8 @@ mod tests {
     }
 
     #[test]
-    fn layout_2_sizes() {
-        assert_eq!(LAYOUT_VERSION, 2);
+    fn layout_3_sizes() {
+        assert_eq!(LAYOUT_VERSION, 3);
         let size = |max_sockets, processes, stream_workers| {
             Geometry {
                 max_sockets,
@@ -753,14 +977,24 @@ mod tests {
             }
             .total_len()
         };
-        // No stream worker: no matrix, the layout-1 length.
-        assert_eq!(size(4, 2, 0), 128 + 832 * 4 + 64 * 2);
+        // No stream worker: no matrix.
+        assert_eq!(size(4, 2, 0), 256 + 960 * 4 + 128 * 2);
         // Rows are whole cache lines: 1..=16 slots take one line per stream worker, 17 take two.
-        assert_eq!(size(1, 0, 1), 128 + 832 + 64 + 64);
-        assert_eq!(size(16, 0, 3), 128 + 832 * 16 + 64 * 3 + 64 * 3);
-        assert_eq!(size(17, 1, 2), 128 + 832 * 17 + 64 * 3 + 128 * 2);
+        assert_eq!(size(1, 0, 1), 256 + 960 + 128 + 64);
+        assert_eq!(size(16, 0, 3), 256 + 960 * 16 + 128 * 3 + 64 * 3);
+        assert_eq!(size(17, 1, 2), 256 + 960 * 17 + 128 * 3 + 128 * 2);
         // Zero slots: rows of zero cells.
-        assert_eq!(size(0, 1, 4), 128 + 64 * 5);
+        assert_eq!(size(0, 1, 4), 256 + 128 * 5);
+    }
+
+    #[test]
+    fn reload_histogram_buckets() {
+        assert_eq!(reload_bucket(0), 0);
+        assert_eq!(reload_bucket(1_000), 0);
+        assert_eq!(reload_bucket(1_001), 1);
+        assert_eq!(reload_bucket(60_000), 6);
+        assert_eq!(reload_bucket(5_000_000), RELOAD_BUCKETS_US.len() - 1);
+        assert_eq!(reload_bucket(u64::MAX), RELOAD_BUCKETS - 1);
     }
 
     #[test]
@@ -785,8 +1019,7 @@ mod tests {
         // Heap memory is as good as a mapping for the seqlock logic itself.
         let slot: Slot = Slot {
             seq: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-            _reserved: Default::default(),
+            counters: Default::default(),
             words: std::array::from_fn(|_| AtomicU64::new(0)),
             _pad: Default::default(),
         };
@@ -818,15 +1051,26 @@ mod tests {
             generation: AtomicU64::new(0),
             cursor: AtomicU32::new(0),
             _spare: AtomicU32::new(0),
+            start_ticks: AtomicU64::new(0),
+            heartbeat_ms: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+            last_reload_ms: AtomicU64::new(0),
+            last_reload_us: AtomicU64::new(0),
+            last_reload_status: AtomicU32::new(0),
+            last_reload_absent: AtomicU32::new(0),
+            reload_us_total: AtomicU64::new(0),
+            reload_buckets: Default::default(),
+            connections_refused: AtomicU64::new(0),
             _reserved: Default::default(),
         };
-        assert!(validate(&h, 128).unwrap_err().contains("magic"));
+        assert!(validate(&h, 256).unwrap_err().contains("magic"));
         let geo = Geometry {
             max_sockets: 2,
             processes: 1,
             stream_workers: 0,
         };
-        init_header(&h, geo, 42, 0);
+        init_header(&h, geo, 42, 0, 0);
         assert_eq!(validate(&h, geo.total_len()), Ok(geo));
         assert_eq!(h.cursor.load(Relaxed), 1);
         assert!(validate(&h, geo.total_len() - 1)
@@ -837,7 +1081,7 @@ mod tests {
             stream_workers: 2,
             ..geo
         };
-        init_header(&h, streams, 42, 0);
+        init_header(&h, streams, 42, 0, 0);
         assert_eq!(validate(&h, streams.total_len()), Ok(streams));
         let err = validate(&h, streams.conns_offset()).unwrap_err();
         assert!(
@@ -849,8 +1093,8 @@ mod tests {
         h.layout.store(1, Relaxed);
         assert!(validate(&h, streams.total_len())
             .unwrap_err()
-            .contains("layout version 1, this build reads 2"));
-        init_header(&h, geo, 42, 0);
+            .contains("layout version 1, this build reads 3"));
+        init_header(&h, geo, 42, 0, 0);
         h.layout.store(7, Relaxed);
         assert!(validate(&h, geo.total_len())
             .unwrap_err()

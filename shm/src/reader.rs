@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{self, LAYOUT_VERSION};
+use crate::layout::{self, SlotCounter, LAYOUT_VERSION, RELOAD_BUCKETS};
 use crate::region::{Access, Region};
 use crate::{Proto, ShmError, SlotState, WorkerKind, WorkerState};
 
@@ -50,13 +50,43 @@ pub struct Snapshot {
     pub generation: u64,
     /// The slot allocated last.
     pub cursor: u32,
-    /// When the table was created (Unix seconds); in the text dump, not in the JSON.
-    #[serde(skip)]
+    /// When the table was created (Unix seconds).
     pub start_time: u64,
+    /// True when the supervisor named by `pid` is gone (no such process, or another process
+    /// that got the same pid later): the file is what a dead daemon left, nothing in it runs.
+    pub stale: bool,
+    /// Unix time (ms) of the supervisor loop's last turn.
+    pub heartbeat_ms: u64,
+    /// Reload statistics.
+    pub reloads: ReloadStats,
+    /// Stream connections the supervisor refused.
+    pub connections_refused: u64,
     /// Every slot that is not free, by index.
     pub slots: Vec<SlotSnapshot>,
     /// Every worker record: UDP ranks first, then stream ones.
     pub workers: Vec<WorkerSnapshot>,
+}
+
+/// The reload statistics of the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStats {
+    /// Reloads done, whatever their result.
+    pub count: u64,
+    /// Reloads whose result was not "OK".
+    pub failures: u64,
+    /// The last reload's result: 200 (OK) or the MI error code; 0 before the first.
+    pub last_status: u32,
+    /// How long the last reload took, microseconds.
+    pub last_duration_us: u64,
+    /// When the last reload ended, Unix ms (0: none yet).
+    pub last_at_ms: u64,
+    /// Rows of the last reload whose address is not on this host.
+    pub last_absent: u32,
+    /// Sum of all reload durations, microseconds.
+    pub total_us: u64,
+    /// Reloads per duration bucket (not cumulative): the bounds of `RELOAD_BUCKETS_US`, then
+    /// +Inf.
+    pub buckets: Vec<u64>,
 }
 
 fn is_zero_u8(v: &u8) -> bool {
@@ -98,8 +128,26 @@ pub struct SlotSnapshot {
     /// Why the bind failed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
-    /// Datagrams received on the socket.
+    /// Messages received on the socket.
     pub received: u64,
+    /// Replies sipsockd answered itself.
+    pub replied: u64,
+    /// Requests received on the socket and forwarded.
+    pub relayed_requests: u64,
+    /// Responses received on the socket and forwarded.
+    pub relayed_responses: u64,
+    /// Messages received on the socket that went nowhere.
+    pub dropped: u64,
+    /// 403 sent.
+    pub sent_403: u64,
+    /// 482 sent.
+    pub sent_482: u64,
+    /// 483 sent.
+    pub sent_483: u64,
+    /// 430 sent.
+    pub sent_430: u64,
+    /// 503 sent (no outgoing socket fits).
+    pub sent_503: u64,
     /// Open connections (stream sockets): the sum over the stream workers' rows, never negative.
     #[serde(default, skip_serializing_if = "is_zero_i64")]
     pub connections: i64,
@@ -129,6 +177,18 @@ pub struct WorkerSnapshot {
     /// Open connections (stream workers; always 0 for UDP ones).
     #[serde(default)]
     pub connections: u64,
+    /// Requests forwarded.
+    pub relayed_requests: u64,
+    /// Responses forwarded.
+    pub relayed_responses: u64,
+    /// Nanoseconds spent handling traffic.
+    pub busy_ns: u64,
+    /// Connections or messages refused.
+    pub refused: u64,
+    /// Messages taken from its inbox.
+    pub inbox_received: u64,
+    /// Messages lost on the way through its inbox.
+    pub inbox_dropped: u64,
 }
 
 impl Reader {
@@ -165,6 +225,9 @@ impl Reader {
                 data.state = SlotState::Error;
                 data.error = INCONSISTENT.into();
             }
+            let [received, replied, relayed_requests, relayed_responses, dropped, sent_403, sent_482, sent_483, sent_430, sent_503] =
+                slot.counter_values();
+            debug_assert_eq!(SlotCounter::ALL[9], SlotCounter::Sent503);
             slots.push(SlotSnapshot {
                 index: index as u32,
                 state: data.state,
@@ -176,7 +239,16 @@ impl Reader {
                 flags: data.flags,
                 tos: data.tos,
                 error: data.error,
-                received: slot.received.load(Relaxed),
+                received,
+                replied,
+                relayed_requests,
+                relayed_responses,
+                dropped,
+                sent_403,
+                sent_482,
+                sent_483,
+                sent_430,
+                sent_503,
                 // The sum of at most 4096 i32 cells: always within an i64.
                 connections: i64::try_from(self.region.slot_connections(index as u32))
                     .unwrap_or(i64::MAX),
@@ -205,18 +277,44 @@ impl Reader {
                     dropped: w.dropped(),
                     wakeups: w.wakeups(),
                     connections: w.connections(),
+                    relayed_requests: w.relayed_requests(),
+                    relayed_responses: w.relayed_responses(),
+                    busy_ns: w.busy_ns(),
+                    refused: w.refused(),
+                    inbox_received: w.inbox_received(),
+                    inbox_dropped: w.inbox_dropped(),
                 }
             })
             .collect();
+        let pid = header.pid.load(Relaxed);
+        let reloads = ReloadStats {
+            count: header.reloads.load(Relaxed),
+            failures: header.reload_failures.load(Relaxed),
+            last_status: header.last_reload_status.load(Relaxed),
+            last_duration_us: header.last_reload_us.load(Relaxed),
+            last_at_ms: header.last_reload_ms.load(Relaxed),
+            last_absent: header.last_reload_absent.load(Relaxed),
+            total_us: header.reload_us_total.load(Relaxed),
+            buckets: header
+                .reload_buckets
+                .iter()
+                .map(|b| b.load(Relaxed))
+                .collect(),
+        };
+        debug_assert_eq!(reloads.buckets.len(), RELOAD_BUCKETS);
         Snapshot {
             layout: LAYOUT_VERSION,
-            pid: header.pid.load(Relaxed),
+            pid,
             max_sockets: geo.max_sockets,
             processes: geo.processes,
             stream_workers: geo.stream_workers,
             generation: header.generation.load(Relaxed),
             cursor: header.cursor.load(Relaxed),
             start_time: header.start_time.load(Relaxed),
+            stale: !crate::proc::supervisor_alive(pid, header.start_ticks.load(Relaxed)),
+            heartbeat_ms: header.heartbeat_ms.load(Relaxed),
+            reloads,
+            connections_refused: header.connections_refused.load(Relaxed),
             slots,
             workers,
         }
@@ -251,11 +349,11 @@ mod tests {
         let table = Table::create(&path, 10, 2, 2).unwrap();
         let good = std::fs::read(&path).unwrap();
         // 10 slots: one 64-byte matrix row per stream worker.
-        let layout1_len = 128 + 832 * 10 + 64 * 4;
+        let layout1_len = 256 + 960 * 10 + 128 * 4;
         assert_eq!(good.len(), layout1_len + 64 * 2);
         for (name, len) in [
             ("cut-header", 100),
-            ("cut-slots", 128 + 832 * 3),
+            ("cut-slots", 256 + 960 * 3),
             ("cut-records", layout1_len - 64),
             // Where a layout-1 file ended: the whole matrix is missing.
             ("no-matrix", layout1_len),
@@ -284,7 +382,7 @@ mod tests {
         std::fs::write(dir.path("v1"), &v1).unwrap();
         let err = Reader::open(&dir.path("v1")).unwrap_err().to_string();
         assert!(
-            err.contains("layout version 1, this build reads 2"),
+            err.contains("layout version 1, this build reads 3"),
             "{err}"
         );
         // A huge max_sockets in the header is refused before anything is sized from it.
@@ -349,7 +447,10 @@ mod tests {
     fn reads_as_another_user() {
         use std::os::unix::process::CommandExt;
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("reads_as_another_user: skipped, needs root to run a child as nobody");
+            crate::testdir::skip(
+                "shm reader::tests::reads_as_another_user",
+                "needs root to run a child as nobody",
+            );
             return;
         }
         let dir = TestDir::new("reader-other-user");
@@ -438,6 +539,19 @@ mod tests {
             "stream_workers",
             "generation",
             "cursor",
+            "start_time",
+            "stale",
+            "heartbeat_ms",
+            "reloads",
+            "count",
+            "failures",
+            "last_status",
+            "last_duration_us",
+            "last_at_ms",
+            "last_absent",
+            "total_us",
+            "buckets",
+            "connections_refused",
             "slots",
             "index",
             "state",
@@ -449,6 +563,15 @@ mod tests {
             "flags",
             "tos",
             "received",
+            "replied",
+            "relayed_requests",
+            "relayed_responses",
+            "dropped",
+            "sent_403",
+            "sent_482",
+            "sent_483",
+            "sent_430",
+            "sent_503",
             "workers",
             "rank",
             "kind",
@@ -460,6 +583,12 @@ mod tests {
             "dropped",
             "wakeups",
             "connections",
+            "relayed_requests",
+            "relayed_responses",
+            "busy_ns",
+            "refused",
+            "inbox_received",
+            "inbox_dropped",
         ];
         let mut at = 0;
         for k in order {
@@ -469,7 +598,8 @@ mod tests {
             }
         }
         let top: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(top.len(), 9, "{text}");
+        assert_eq!(top.len(), 14, "{text}");
+        assert_eq!(v["stale"], false, "this process made it: alive");
         assert_eq!(v["layout"], LAYOUT_VERSION);
         assert_eq!(v["pid"], std::process::id());
         assert_eq!(
@@ -488,14 +618,18 @@ mod tests {
             serde_json::json!({
                 "index": 0, "state": "active", "socket": "udp:127.0.0.1:5070", "proto": "udp",
                 "address": "127.0.0.1:5070", "advertised": "sip.example.com:5060", "tag": "edge",
-                "flags": "anycast,frag", "tos": 16, "received": 0
+                "flags": "anycast,frag", "tos": 16, "received": 0, "replied": 0,
+                "relayed_requests": 0, "relayed_responses": 0, "dropped": 0, "sent_403": 0,
+                "sent_482": 0, "sent_483": 0, "sent_430": 0, "sent_503": 0
             })
         );
         assert_eq!(
             slots[1],
             serde_json::json!({
                 "index": 1, "state": "error", "socket": "udp:192.0.2.1:5060", "proto": "udp",
-                "error": "Cannot assign requested address", "received": 0
+                "error": "Cannot assign requested address", "received": 0, "replied": 0,
+                "relayed_requests": 0, "relayed_responses": 0, "dropped": 0, "sent_403": 0,
+                "sent_482": 0, "sent_483": 0, "sent_430": 0, "sent_503": 0
             })
         );
         let workers = v["workers"].as_array().unwrap();
@@ -504,19 +638,15 @@ mod tests {
             workers[0],
             serde_json::json!({
                 "rank": 0, "kind": "udp", "pid": 100, "state": "ready", "restarts": 0,
-                "received": 0, "replied": 0, "dropped": 0, "wakeups": 0, "connections": 0
+                "received": 0, "replied": 0, "dropped": 0, "wakeups": 0, "connections": 0,
+                "relayed_requests": 0, "relayed_responses": 0, "busy_ns": 0, "refused": 0,
+                "inbox_received": 0, "inbox_dropped": 0
             })
         );
         assert_eq!(workers[1]["state"], "stopped");
         // The typed form reads back what it wrote.
         let snap: Snapshot = serde_json::from_str(&text).unwrap();
-        assert_eq!(
-            Snapshot {
-                start_time: 0,
-                ..Reader::open(&path).unwrap().snapshot()
-            },
-            snap
-        );
+        assert_eq!(Reader::open(&path).unwrap().snapshot(), snap);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::layout::{self, Geometry, MAGIC, PID_OFFSET};
 use crate::region::Region;
 use crate::sys::Mapping;
-use crate::{ShmError, SlotData, SlotState, WorkerKind, WorkerRecord};
+use crate::{ShmError, SlotCounter, SlotData, SlotState, WorkerKind, WorkerRecord};
 
 /// How often `create` starts over when the file changes under it (another instance racing).
 const CREATE_ATTEMPTS: u32 = 8;
@@ -182,9 +182,46 @@ impl Table {
 
     /// Datagrams received on a slot since it was occupied (0 beyond `max_sockets`).
     pub fn slot_received(&self, index: u32) -> u64 {
+        self.slot_counter(index, SlotCounter::Received)
+    }
+
+    /// One counter of a slot since it was occupied (0 beyond `max_sockets`).
+    pub fn slot_counter(&self, index: u32, which: SlotCounter) -> u64 {
         self.region
             .slot(index)
-            .map_or(0, |s| s.received.load(Relaxed))
+            .map_or(0, |s| s.counter(which).load(Relaxed))
+    }
+
+    /// Every named counter of a slot, in [`SlotCounter::ALL`] order (zeros beyond `max_sockets`).
+    pub fn slot_counters(&self, index: u32) -> [u64; SlotCounter::ALL.len()] {
+        self.region
+            .slot(index)
+            .map_or([0; SlotCounter::ALL.len()], |s| s.counter_values())
+    }
+
+    /// Records a finished reload: its result (200 for "OK", else the MI error code), how long it
+    /// took, and how many rows were absent (address not on this host).
+    pub fn record_reload(&self, status: u32, took: std::time::Duration, absent: u32) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        layout::record_reload(self.region.header(), status, us, unix_ms(), absent);
+    }
+
+    /// Stores the loop's heartbeat (now): readers tell a live, turning loop from a stalled one.
+    pub fn heartbeat(&self) {
+        self.region.header().heartbeat_ms.store(unix_ms(), Relaxed);
+    }
+
+    /// Counts stream connections the supervisor refused.
+    pub fn add_connections_refused(&self, n: u64) {
+        self.region
+            .header()
+            .connections_refused
+            .fetch_add(n, Relaxed);
+    }
+
+    /// Stream connections the supervisor refused so far.
+    pub fn connections_refused(&self) -> u64 {
+        self.region.header().connections_refused.load(Relaxed)
     }
 
     /// Open connections of a stream socket: the sum of its column in the connection matrix, a
@@ -337,7 +374,9 @@ fn create_new(path: &Path, geo: Geometry) -> Result<Option<Table>, ShmError> {
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    layout::init_header(region.header(), geo, std::process::id(), started);
+    let pid = std::process::id();
+    let ticks = crate::proc::start_ticks(pid).unwrap_or(0);
+    layout::init_header(region.header(), geo, pid, started, ticks);
 
     let share = OpenOptions::new()
         .read(true)
@@ -365,6 +404,13 @@ fn create_new(path: &Path, geo: Geometry) -> Result<Option<Table>, ShmError> {
         share,
         writer: Mutex::new(()),
     }))
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The pid in a header, read with a plain read (the file may be locked by someone else).
@@ -542,7 +588,11 @@ mod tests {
         let path = dir.path("t.shm");
         let t = Table::create(&path, 2, 1, 0).unwrap();
         let i = t.occupy(&row("udp:127.0.0.1:5001")).unwrap();
-        t.region.slot(i).unwrap().received.fetch_add(5, Relaxed);
+        t.region
+            .slot(i)
+            .unwrap()
+            .counter(SlotCounter::Received)
+            .fetch_add(5, Relaxed);
         let mut d = row("udp:127.0.0.1:5001");
         d.tag = "new".into();
         t.write_slot(i, &d);
@@ -564,8 +614,8 @@ mod tests {
         let t = Table::create(&path, 100, 3, 1).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        // Layout 2: header, slots, records, then one 112-cell matrix row for the stream worker.
-        assert_eq!(meta.len() as usize, 128 + 832 * 100 + 64 * 4 + 4 * 112);
+        // Layout 3: header, slots, records, then one 112-cell matrix row for the stream worker.
+        assert_eq!(meta.len() as usize, 256 + 960 * 100 + 128 * 4 + 4 * 112);
         assert_eq!(t.max_sockets(), 100);
         t.set_generation(7);
         assert_eq!(t.generation(), 7);
