@@ -69,6 +69,11 @@ impl Attached {
         }
     }
 
+    /// A relay record, to add to its counters (`None` beyond `max_relays`).
+    pub fn relay(&self, index: u32) -> Option<&crate::RelayRecord> {
+        self.region.relay(index)
+    }
+
     /// Moves stream worker `rank`'s count of open connections on slot `index` by `delta` (its
     /// cell of the connection matrix; ignored beyond the stream pool or `max_sockets`). Only the
     /// worker of that rank may call it with its rank: each row has that one writer while the
@@ -98,7 +103,7 @@ mod tests {
     fn attached_counters_show_in_the_reader_snapshot() {
         let dir = TestDir::new("attach");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 4, 2, 1).unwrap();
+        let table = Table::create(&path, 4, 2, 1, 0).unwrap();
         let data = SlotData {
             state: SlotState::Active,
             socket: "udp:127.0.0.1:5060".into(),
@@ -174,7 +179,7 @@ mod tests {
     fn slot_connections_are_the_sum_over_the_stream_workers_rows() {
         let dir = TestDir::new("attach-matrix");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 20, 1, 3).unwrap();
+        let table = Table::create(&path, 20, 1, 3, 0).unwrap();
         let stream = |port: u16| SlotData {
             state: SlotState::Active,
             socket: format!("tcp:127.0.0.1:{port}"),

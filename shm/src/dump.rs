@@ -172,6 +172,26 @@ pub(crate) fn render_text(path: &Path, s: &Snapshot) -> String {
         }
         text.push_str(&columns(&rows));
     }
+    if s.max_relays > 0 {
+        text.push_str(&format!(
+            "\nrelays: {} of {} records in use\n",
+            s.relays.len(),
+            s.max_relays
+        ));
+        if !s.relays.is_empty() {
+            let mut rows = vec![cells(&["INDEX", "ID", "REQUESTS", "RESPONSES", "FAILURES"])];
+            for r in &s.relays {
+                rows.push(vec![
+                    r.index.to_string(),
+                    r.id.to_string(),
+                    r.requests.to_string(),
+                    r.responses.to_string(),
+                    r.failures.to_string(),
+                ]);
+            }
+            text.push_str(&columns(&rows));
+        }
+    }
     text
 }
 
@@ -221,13 +241,13 @@ fn columns(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::testdir::TestDir;
-    use crate::{Proto, SlotData, SlotState, Table, WorkerKind, WorkerState};
+    use crate::{Proto, Reader, SlotData, SlotState, Table, WorkerKind, WorkerState};
 
     #[test]
     fn text_dump_lists_header_slots_and_workers() {
         let dir = TestDir::new("dump");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 3, 2, 1).unwrap();
+        let table = Table::create(&path, 3, 2, 1, 0).unwrap();
         table.set_generation(5);
         let i = table
             .occupy(&SlotData {
@@ -338,7 +358,7 @@ mod tests {
     fn a_table_whose_supervisor_is_gone_is_stale() {
         let dir = TestDir::new("dump-stale");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 2, 1, 0).unwrap();
+        let table = Table::create(&path, 2, 1, 0, 0).unwrap();
         table.occupy(&SlotData {
             state: SlotState::Active,
             socket: "udp:127.0.0.1:5070".into(),
@@ -371,6 +391,43 @@ mod tests {
         assert!(dump(&copy, true, &mut Vec::new()).unwrap().stale);
         // The live one is not.
         assert!(!dump(&path, true, &mut Vec::new()).unwrap().stale);
+    }
+
+    #[test]
+    fn relay_records_are_taken_counted_and_freed() {
+        let dir = TestDir::new("dump-relays");
+        let path = dir.path("t.shm");
+        let table = Table::create(&path, 1, 1, 0, 2).unwrap();
+        let a = table.occupy_relay(7).unwrap();
+        let b = table.occupy_relay(-1).unwrap();
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(table.occupy_relay(9), None, "both records taken");
+        let attached = crate::Attached::from_file(table.file().try_clone().unwrap()).unwrap();
+        let r = attached.relay(a).unwrap();
+        r.add_requests(5);
+        r.add_responses(4);
+        r.add_failures(1);
+        assert!(attached.relay(2).is_none());
+        let mut out = Vec::new();
+        let snap = dump(&path, false, &mut out).unwrap();
+        assert_eq!(snap.relays.len(), 2);
+        assert_eq!(
+            (
+                snap.relays[0].id,
+                snap.relays[0].requests,
+                snap.relays[0].responses
+            ),
+            (7, 5, 4)
+        );
+        assert_eq!(snap.relays[1].id, -1);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("relays: 2 of 2 records in use\nINDEX  ID  REQUESTS  RESPONSES  FAILURES\n0      7   5         4          1\n"), "{text}");
+        // A freed record is reused with its counters zeroed.
+        table.free_relay(a);
+        assert_eq!(Reader::open(&path).unwrap().snapshot().relays.len(), 1);
+        assert_eq!(table.occupy_relay(8), Some(a));
+        assert_eq!(table.relay(a).unwrap().requests(), 0);
+        assert_eq!(table.relay(a).unwrap().id(), 8);
     }
 
     #[test]

@@ -96,7 +96,8 @@ pub(crate) struct Header {
     pub generation: AtomicU64,
     /// The slot allocated last (`max_sockets - 1` before the first allocation, so it is slot 0).
     pub cursor: AtomicU32,
-    _spare: AtomicU32,
+    /// The number of relay records (`[relay] max_relays`).
+    pub max_relays: AtomicU32,
     /// The supervisor's start in clock ticks since boot (field 22 of /proc/PID/stat): with the
     /// pid, it tells the supervisor apart from a later process that got the same pid.
     pub start_ticks: AtomicU64,
@@ -242,7 +243,26 @@ pub struct WorkerRecord {
     _reserved: [AtomicU64; 2],
 }
 
+/// One relay row's counters (the relays table): allocated by the supervisor when a relay row
+/// appears, freed when it goes; workers add to its counters.
+#[repr(C)]
+pub struct RelayRecord {
+    /// The row id (an i64 stored as its u64 image); meaningful while `state` is 1.
+    pub(crate) id: AtomicU64,
+    /// 0: free, 1: in use.
+    pub(crate) state: AtomicU32,
+    _spare: AtomicU32,
+    /// Requests forwarded to this relay's destination.
+    pub(crate) requests: AtomicU64,
+    /// Responses from this relay's destination forwarded back.
+    pub(crate) responses: AtomicU64,
+    /// Sends toward the destination that failed (refused by the kernel, no connection).
+    pub(crate) failures: AtomicU64,
+    _reserved: [AtomicU64; 3],
+}
+
 pub(crate) const HEADER_SIZE: usize = 256;
+pub(crate) const RELAY_SIZE: usize = 64;
 pub(crate) const SLOT_SIZE: usize = 960;
 pub(crate) const WORKER_SIZE: usize = 128;
 /// One cell of the connection matrix (an `AtomicU32`).
@@ -255,6 +275,8 @@ const _: () = {
     assert!(size_of::<Header>() == HEADER_SIZE);
     assert!(size_of::<Slot>() == SLOT_SIZE);
     assert!(size_of::<WorkerRecord>() == WORKER_SIZE);
+    assert!(size_of::<RelayRecord>() == RELAY_SIZE);
+    assert!(offset_of!(Header, max_relays) == 60);
     assert!(CONTENT_LEN.is_multiple_of(8) && CONTENT_LEN == 784);
     assert!(
         align_of::<Header>() == 8 && align_of::<Slot>() == 8 && align_of::<WorkerRecord>() == 8
@@ -308,6 +330,7 @@ pub(crate) struct Geometry {
     pub max_sockets: u32,
     pub processes: u32,
     pub stream_workers: u32,
+    pub max_relays: u32,
 }
 
 impl Geometry {
@@ -338,9 +361,15 @@ impl Geometry {
         self.conn_row_cells() * self.stream_workers as usize
     }
 
+    /// Where the relay records start (right after the connection matrix, whose rows are whole
+    /// cache lines).
+    pub fn relays_offset(&self) -> usize {
+        self.conns_offset() + CONN_CELL_SIZE * self.conn_cells()
+    }
+
     /// The exact file length; the limits keep it below 2 GiB, so no overflow on a 32-bit host.
     pub fn total_len(&self) -> usize {
-        self.conns_offset() + CONN_CELL_SIZE * self.conn_cells()
+        self.relays_offset() + RELAY_SIZE * self.max_relays as usize
     }
 
     /// Checks the counts against the limits; `Err` names the one that is too large.
@@ -353,6 +382,9 @@ impl Geometry {
         }
         if self.stream_workers > MAX_WORKERS {
             return Err(("stream_workers", self.stream_workers, MAX_WORKERS));
+        }
+        if self.max_relays > MAX_SLOTS {
+            return Err(("max_relays", self.max_relays, MAX_SLOTS));
         }
         Ok(())
     }
@@ -402,16 +434,18 @@ pub(crate) fn validate(header: &Header, file_len: usize) -> Result<Geometry, Str
         max_sockets: header.max_sockets.load(Relaxed),
         processes: header.processes.load(Relaxed),
         stream_workers: header.stream_workers.load(Relaxed),
+        max_relays: header.max_relays.load(Relaxed),
     };
     geo.check_limits()
         .map_err(|(what, value, max)| format!("{what} {value} is above the limit {max}"))?;
     if geo.total_len() != file_len {
         return Err(format!(
-            "file is {file_len} bytes, but max_sockets {}, {} workers and the connection matrix of \
-             {} stream workers need {}",
+            "file is {file_len} bytes, but max_sockets {}, {} workers, the connection matrix of \
+             {} stream workers and {} relay records need {}",
             geo.max_sockets,
             geo.worker_count(),
             geo.stream_workers,
+            geo.max_relays,
             geo.total_len()
         ));
     }
@@ -433,6 +467,7 @@ pub(crate) fn init_header(
     header.max_sockets.store(geo.max_sockets, Relaxed);
     header.processes.store(geo.processes, Relaxed);
     header.stream_workers.store(geo.stream_workers, Relaxed);
+    header.max_relays.store(geo.max_relays, Relaxed);
     header.pid.store(pid, Relaxed);
     header.start_time.store(start_time, Relaxed);
     header.start_ticks.store(start_ticks, Relaxed);
@@ -855,6 +890,64 @@ impl WorkerRecord {
     }
 }
 
+// ---- relay records ------------------------------------------------------------------------------
+
+impl RelayRecord {
+    /// Whether the record is in use.
+    pub(crate) fn in_use(&self) -> bool {
+        self.state.load(Acquire) == 1
+    }
+
+    /// Takes the record for relay row `id`, counters zeroed (the supervisor only).
+    pub(crate) fn take(&self, id: i64) {
+        self.requests.store(0, Relaxed);
+        self.responses.store(0, Relaxed);
+        self.failures.store(0, Relaxed);
+        self.id.store(id as u64, Relaxed);
+        self.state.store(1, Release);
+    }
+
+    /// Frees the record (the supervisor only).
+    pub(crate) fn free(&self) {
+        self.state.store(0, Release);
+    }
+
+    /// The relay row id.
+    pub fn id(&self) -> i64 {
+        self.id.load(Relaxed) as i64
+    }
+
+    /// Adds requests forwarded to the destination.
+    pub fn add_requests(&self, n: u64) {
+        self.requests.fetch_add(n, Relaxed);
+    }
+
+    /// Adds responses from the destination forwarded back.
+    pub fn add_responses(&self, n: u64) {
+        self.responses.fetch_add(n, Relaxed);
+    }
+
+    /// Adds failed sends toward the destination.
+    pub fn add_failures(&self, n: u64) {
+        self.failures.fetch_add(n, Relaxed);
+    }
+
+    /// Requests forwarded.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Responses forwarded back.
+    pub fn responses(&self) -> u64 {
+        self.responses.load(Relaxed)
+    }
+
+    /// Failed sends.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+}
+
 impl std::fmt::Debug for WorkerRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerRecord")
@@ -934,6 +1027,7 @@ mod tests {
             max_sockets: 100,
             processes: 8,
             stream_workers: 2,
+            max_relays: 0,
         };
         assert_eq!(g.slots_offset(), 256);
         assert_eq!(g.workers_offset(), 256 + 960 * 100);
@@ -961,6 +1055,7 @@ mod tests {
             max_sockets: MAX_SLOTS,
             processes: MAX_WORKERS,
             stream_workers: MAX_WORKERS,
+            max_relays: MAX_SLOTS,
         };
         assert!(max.check_limits().is_ok());
         assert!(max.total_len() < 2 << 30);
@@ -974,6 +1069,7 @@ mod tests {
                 max_sockets,
                 processes,
                 stream_workers,
+                max_relays: 0,
             }
             .total_len()
         };
@@ -985,6 +1081,16 @@ mod tests {
         assert_eq!(size(17, 1, 2), 256 + 960 * 17 + 128 * 3 + 128 * 2);
         // Zero slots: rows of zero cells.
         assert_eq!(size(0, 1, 4), 256 + 128 * 5);
+        // Relay records come last, 64 bytes each.
+        let g = Geometry {
+            max_sockets: 17,
+            processes: 1,
+            stream_workers: 2,
+            max_relays: 3,
+        };
+        assert_eq!(g.relays_offset(), size(17, 1, 2));
+        assert_eq!(g.total_len(), size(17, 1, 2) + 64 * 3);
+        assert_eq!(g.relays_offset() % 64, 0);
     }
 
     #[test]
@@ -1050,7 +1156,7 @@ mod tests {
             start_time: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             cursor: AtomicU32::new(0),
-            _spare: AtomicU32::new(0),
+            max_relays: AtomicU32::new(0),
             start_ticks: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
@@ -1069,6 +1175,7 @@ mod tests {
             max_sockets: 2,
             processes: 1,
             stream_workers: 0,
+            max_relays: 0,
         };
         init_header(&h, geo, 42, 0, 0);
         assert_eq!(validate(&h, geo.total_len()), Ok(geo));

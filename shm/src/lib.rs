@@ -28,8 +28,10 @@ mod table;
 
 pub use attach::Attached;
 pub use dump::dump;
-pub use layout::{SlotCounter, WorkerRecord, LAYOUT_VERSION, RELOAD_BUCKETS, RELOAD_BUCKETS_US};
-pub use reader::{Reader, ReloadStats, SlotSnapshot, Snapshot, WorkerSnapshot};
+pub use layout::{
+    RelayRecord, SlotCounter, WorkerRecord, LAYOUT_VERSION, RELOAD_BUCKETS, RELOAD_BUCKETS_US,
+};
+pub use reader::{Reader, RelaySnapshot, ReloadStats, SlotSnapshot, Snapshot, WorkerSnapshot};
 pub use table::Table;
 
 use std::fmt;

@@ -65,6 +65,25 @@ pub struct Snapshot {
     pub slots: Vec<SlotSnapshot>,
     /// Every worker record: UDP ranks first, then stream ones.
     pub workers: Vec<WorkerSnapshot>,
+    /// The number of relay records.
+    pub max_relays: u32,
+    /// Every relay record in use, by index.
+    pub relays: Vec<RelaySnapshot>,
+}
+
+/// One relay record in a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaySnapshot {
+    /// The record index.
+    pub index: u32,
+    /// The relay row id.
+    pub id: i64,
+    /// Requests forwarded to the destination.
+    pub requests: u64,
+    /// Responses from the destination forwarded back.
+    pub responses: u64,
+    /// Failed sends toward the destination.
+    pub failures: u64,
 }
 
 /// The reload statistics of the header.
@@ -286,6 +305,20 @@ impl Reader {
                 }
             })
             .collect();
+        let relays = self
+            .region
+            .relays()
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.in_use())
+            .map(|(index, r)| RelaySnapshot {
+                index: index as u32,
+                id: r.id(),
+                requests: r.requests(),
+                responses: r.responses(),
+                failures: r.failures(),
+            })
+            .collect();
         let pid = header.pid.load(Relaxed);
         let reloads = ReloadStats {
             count: header.reloads.load(Relaxed),
@@ -317,6 +350,8 @@ impl Reader {
             connections_refused: header.connections_refused.load(Relaxed),
             slots,
             workers,
+            max_relays: geo.max_relays,
+            relays,
         }
     }
 }
@@ -346,7 +381,7 @@ mod tests {
 
         // A real table, truncated (and, separately, with a byte too many).
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 10, 2, 2).unwrap();
+        let table = Table::create(&path, 10, 2, 2, 0).unwrap();
         let good = std::fs::read(&path).unwrap();
         // 10 slots: one 64-byte matrix row per stream worker.
         let layout1_len = 256 + 960 * 10 + 128 * 4;
@@ -403,7 +438,7 @@ mod tests {
     fn reads_a_file_without_write_permission() {
         let dir = TestDir::new("reader-ro");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 2, 1, 0).unwrap();
+        let table = Table::create(&path, 2, 1, 0, 0).unwrap();
         table.occupy(&SlotData {
             state: SlotState::Active,
             socket: "udp:127.0.0.1:5060".into(),
@@ -455,7 +490,7 @@ mod tests {
         }
         let dir = TestDir::new("reader-other-user");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 2, 1, 0).unwrap();
+        let table = Table::create(&path, 2, 1, 0, 0).unwrap();
         let i = table
             .occupy(&SlotData {
                 state: SlotState::Active,
@@ -493,7 +528,7 @@ mod tests {
     fn json_shape_key_for_key() {
         let dir = TestDir::new("reader-json");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 4, 2, 0).unwrap();
+        let table = Table::create(&path, 4, 2, 0, 0).unwrap();
         table.set_generation(3);
         table.occupy(&SlotData {
             state: SlotState::Active,
@@ -598,7 +633,11 @@ mod tests {
             }
         }
         let top: Vec<&String> = v.as_object().unwrap().keys().collect();
-        assert_eq!(top.len(), 14, "{text}");
+        assert_eq!(top.len(), 16, "{text}");
+        assert_eq!(
+            (v["max_relays"].clone(), v["relays"].clone()),
+            (0.into(), serde_json::json!([]))
+        );
         assert_eq!(v["stale"], false, "this process made it: alive");
         assert_eq!(v["layout"], LAYOUT_VERSION);
         assert_eq!(v["pid"], std::process::id());
@@ -682,7 +721,7 @@ mod tests {
 
         let dir = TestDir::new("seqlock");
         let path = dir.path("t.shm");
-        let table = Table::create(&path, 1, 0, 0).unwrap();
+        let table = Table::create(&path, 1, 0, 0, 0).unwrap();
         let index = table.occupy(&data(0)).unwrap();
         let reader = Reader::open(&path).unwrap();
         let stop = AtomicBool::new(false);

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::AtomicU32;
 
-use crate::layout::{self, Geometry, Header, Slot, WorkerRecord, HEADER_SIZE};
+use crate::layout::{self, Geometry, Header, RelayRecord, Slot, WorkerRecord, HEADER_SIZE};
 use crate::sys::Mapping;
 use crate::{ShmError, WorkerKind};
 
@@ -38,6 +38,10 @@ impl Region {
             && region
                 .map
                 .slice::<AtomicU32>(geo.conns_offset(), geo.conn_cells())
+                .is_some()
+            && region
+                .map
+                .slice::<RelayRecord>(geo.relays_offset(), geo.max_relays as usize)
                 .is_some();
         fits.then_some(region)
     }
@@ -108,6 +112,18 @@ impl Region {
 
     pub fn worker(&self, kind: WorkerKind, rank: u32) -> Option<&WorkerRecord> {
         self.workers().get(self.geo.worker_index(kind, rank)?)
+    }
+
+    /// The relay records.
+    pub fn relays(&self) -> &[RelayRecord] {
+        self.map
+            .slice::<RelayRecord>(self.geo.relays_offset(), self.geo.max_relays as usize)
+            .unwrap_or(&[])
+    }
+
+    /// One relay record, `None` beyond `max_relays`.
+    pub fn relay(&self, index: u32) -> Option<&RelayRecord> {
+        self.relays().get(index as usize)
     }
 
     /// Stream worker `rank`'s row of the connection matrix, one cell per slot (the padding left

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::layout::{Header, Slot, WorkerRecord};
+use crate::layout::{Header, RelayRecord, Slot, WorkerRecord};
 
 /// Types that may be viewed in the shared mapping.
 ///
@@ -30,6 +30,8 @@ unsafe impl InShm for Header {}
 unsafe impl InShm for Slot {}
 // SAFETY: as above.
 unsafe impl InShm for WorkerRecord {}
+// SAFETY: as above (size pinned at 64 bytes in `layout`).
+unsafe impl InShm for RelayRecord {}
 // SAFETY: the cells of the connection matrix: an AtomicU32 has the size and alignment of a u32
 // (asserted below), no padding, every bit pattern is a value, and it is made for shared access.
 unsafe impl InShm for AtomicU32 {}

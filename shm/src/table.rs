@@ -75,7 +75,7 @@ enum Existing {
 
 impl Table {
     /// Creates the table at `path` (mode 0600) for `max_sockets` slots, `udp_workers` and
-    /// `stream_workers` records, and holds it until dropped. A file held by a live instance is
+    /// `stream_workers` records and `max_relays` relay records, and holds it until dropped. A file held by a live instance is
     /// refused with [`ShmError::Busy`]; a stale one of a dead instance is replaced; a file that is
     /// not a sipsockd table is refused ([`ShmError::BadLayout`]) rather than deleted.
     pub fn create(
@@ -83,11 +83,13 @@ impl Table {
         max_sockets: u32,
         udp_workers: u32,
         stream_workers: u32,
+        max_relays: u32,
     ) -> Result<Table, ShmError> {
         let geo = Geometry {
             max_sockets,
             processes: udp_workers,
             stream_workers,
+            max_relays,
         };
         geo.check_limits()
             .map_err(|(what, value, max)| ShmError::TooLarge {
@@ -197,6 +199,38 @@ impl Table {
         self.region
             .slot(index)
             .map_or([0; SlotCounter::ALL.len()], |s| s.counter_values())
+    }
+
+    /// Takes a free relay record for relay row `id` (counters zeroed); `None` when all are taken.
+    /// Records are taken lowest first; a relay keeps its record for its life.
+    pub fn occupy_relay(&self, id: i64) -> Option<u32> {
+        let _guard = self.write_guard();
+        let (index, record) = self
+            .region
+            .relays()
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !r.in_use())?;
+        record.take(id);
+        u32::try_from(index).ok()
+    }
+
+    /// Frees a relay record (ignored beyond `max_relays`).
+    pub fn free_relay(&self, index: u32) {
+        let _guard = self.write_guard();
+        if let Some(r) = self.region.relay(index) {
+            r.free();
+        }
+    }
+
+    /// A relay record's counters (`None` beyond `max_relays`).
+    pub fn relay(&self, index: u32) -> Option<&crate::RelayRecord> {
+        self.region.relay(index)
+    }
+
+    /// The number of relay records.
+    pub fn max_relays(&self) -> u32 {
+        self.region.geometry().max_relays
     }
 
     /// Records a finished reload: its result (200 for "OK", else the MI error code), how long it
@@ -560,7 +594,7 @@ mod tests {
     fn table_rotation_and_overflow() {
         let dir = TestDir::new("rotation");
         let path = dir.path("t.shm");
-        let t = Table::create(&path, 3, 1, 0).unwrap();
+        let t = Table::create(&path, 3, 1, 0, 0).unwrap();
         let a = t.occupy(&row("udp:127.0.0.1:5001")).unwrap();
         let b = t.occupy(&row("udp:127.0.0.1:5002")).unwrap();
         assert_eq!((a, b), (0, 1));
@@ -586,7 +620,7 @@ mod tests {
     fn free_resets_and_update_keeps_counters() {
         let dir = TestDir::new("counters");
         let path = dir.path("t.shm");
-        let t = Table::create(&path, 2, 1, 0).unwrap();
+        let t = Table::create(&path, 2, 1, 0, 0).unwrap();
         let i = t.occupy(&row("udp:127.0.0.1:5001")).unwrap();
         t.region
             .slot(i)
@@ -611,7 +645,7 @@ mod tests {
     fn header_and_workers_after_create() {
         let dir = TestDir::new("header");
         let path = dir.path("t.shm");
-        let t = Table::create(&path, 100, 3, 1).unwrap();
+        let t = Table::create(&path, 100, 3, 1, 0).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         // Layout 3: header, slots, records, then one 112-cell matrix row for the stream worker.
@@ -648,15 +682,15 @@ mod tests {
     fn a_second_instance_is_refused_with_our_pid() {
         let dir = TestDir::new("busy");
         let path = dir.path("t.shm");
-        let first = Table::create(&path, 4, 1, 0).unwrap();
-        match Table::create(&path, 4, 1, 0) {
+        let first = Table::create(&path, 4, 1, 0, 0).unwrap();
+        match Table::create(&path, 4, 1, 0, 0) {
             Err(ShmError::Busy { pid, path: p }) => {
                 assert_eq!(pid, std::process::id());
                 assert_eq!(p, path);
             }
             other => panic!("expected Busy, got {other:?}"),
         }
-        let msg = Table::create(&path, 4, 1, 0).unwrap_err().to_string();
+        let msg = Table::create(&path, 4, 1, 0, 0).unwrap_err().to_string();
         assert_eq!(
             msg,
             format!(
@@ -674,11 +708,11 @@ mod tests {
     fn the_workers_copy_does_not_hold_the_lock() {
         let dir = TestDir::new("share");
         let path = dir.path("t.shm");
-        let first = Table::create(&path, 4, 1, 0).unwrap();
+        let first = Table::create(&path, 4, 1, 0, 0).unwrap();
         let worker_copy = first.file().try_clone().unwrap();
         drop(first);
         // The supervisor is gone; its worker still has the file: a new instance may start.
-        let second = Table::create(&path, 4, 1, 0).unwrap();
+        let second = Table::create(&path, 4, 1, 0, 0).unwrap();
         drop(worker_copy);
         second.remove().unwrap();
     }
@@ -687,14 +721,14 @@ mod tests {
     fn a_stale_file_is_replaced() {
         let dir = TestDir::new("stale");
         let path = dir.path("t.shm");
-        let first = Table::create(&path, 4, 1, 0).unwrap();
+        let first = Table::create(&path, 4, 1, 0, 0).unwrap();
         let i = first.occupy(&row("udp:127.0.0.1:5001")).unwrap();
         let old_ino = std::fs::metadata(&path).unwrap().ino();
         // A reader of the old table keeps its own (old) view.
         let old_reader = Reader::open(&path).unwrap();
         drop(first); // no remove: what a crash leaves
         assert!(path.exists());
-        let second = Table::create(&path, 8, 2, 0).unwrap();
+        let second = Table::create(&path, 8, 2, 0, 0).unwrap();
         assert_ne!(
             std::fs::metadata(&path).unwrap().ino(),
             old_ino,
@@ -713,13 +747,13 @@ mod tests {
         let dir = TestDir::new("foreign");
         let path = dir.path("t.shm");
         std::fs::write(&path, b"precious data, not ours").unwrap();
-        let err = Table::create(&path, 4, 1, 0).unwrap_err();
+        let err = Table::create(&path, 4, 1, 0, 0).unwrap_err();
         assert!(matches!(err, ShmError::BadLayout { .. }), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), b"precious data, not ours");
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(dir.path("elsewhere"), &path).unwrap();
         assert!(
-            Table::create(&path, 4, 1, 0).is_err(),
+            Table::create(&path, 4, 1, 0, 0).is_err(),
             "a symlink is not followed"
         );
         assert!(!dir.path("elsewhere").exists());
@@ -728,7 +762,7 @@ mod tests {
     #[test]
     fn limits_and_missing_directory() {
         let dir = TestDir::new("limits");
-        let err = Table::create(&dir.path("t.shm"), 1 << 20, 1, 0).unwrap_err();
+        let err = Table::create(&dir.path("t.shm"), 1 << 20, 1, 0, 0).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -739,10 +773,10 @@ mod tests {
             ),
             "{err}"
         );
-        let err = Table::create(&dir.path("no/such/dir/t.shm"), 4, 1, 0).unwrap_err();
+        let err = Table::create(&dir.path("no/such/dir/t.shm"), 4, 1, 0, 0).unwrap_err();
         assert!(matches!(err, ShmError::Io { .. }), "{err}");
         // Zero slots is a usable (if useless) table.
-        let t = Table::create(&dir.path("zero.shm"), 0, 0, 0).unwrap();
+        let t = Table::create(&dir.path("zero.shm"), 0, 0, 0, 0).unwrap();
         assert_eq!(t.occupy(&row("udp:127.0.0.1:1")), None);
     }
 }

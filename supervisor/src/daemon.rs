@@ -115,6 +115,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         mgm.max_sockets,
         mgm.processes,
         config.tcp.workers,
+        0, // relay records: sized by [relay] max_relays once relays exist
     )?;
     let settings = StreamSettings {
         max_message_size: config.tcp.max_message_size,

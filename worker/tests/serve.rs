@@ -22,7 +22,7 @@ struct Shm {
 impl Shm {
     fn new() -> Shm {
         let dir = TempDir::new();
-        let table = Table::create(&dir.0.join("t.shm"), 8, 2, 0).unwrap();
+        let table = Table::create(&dir.0.join("t.shm"), 8, 2, 0, 0).unwrap();
         Shm { table, _dir: dir }
     }
 

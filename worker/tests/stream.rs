@@ -30,7 +30,7 @@ const SLOTS: u32 = 8;
 impl Shm {
     fn new() -> Shm {
         let dir = TempDir::new();
-        let table = Table::create(&dir.0.join("t.shm"), SLOTS, 1, 2).unwrap();
+        let table = Table::create(&dir.0.join("t.shm"), SLOTS, 1, 2, 0).unwrap();
         for i in 0..SLOTS {
             let data = SlotData {
                 state: SlotState::Active,
