@@ -7,8 +7,10 @@
 //! - [`proto`]: framing and validation of requests, encoding of replies (pure);
 //! - [`server`]: the FIFO in the daemon's event loop ([`MiServer`]), never blocking;
 //! - [`methods`]: the method table, the core methods, [`dispatch`] to the daemon's [`Handler`];
-//! - [`client`]: `sipsockd mi`.
+//! - [`client`]: `sipsockd mi`;
+//! - [`bridge`]: the channel by which transports on other threads (HTTP, datagram) reach the loop.
 
+pub mod bridge;
 pub mod client;
 pub mod methods;
 pub mod proto;
