@@ -169,15 +169,11 @@ fn query_passwords(rest: &str) -> impl Iterator<Item = &str> {
 ///
 /// `scheme://user:***@rest` when the part after the last `@` parses as a URL; otherwise everything
 /// between `://` and the last `@` becomes `***` (the user too: where it ends is not known). A
-/// `password=` query parameter is hidden either way. SQLite URLs have no user info and are shown as
-/// written; text without `://` is shown as written.
+/// `password=` query parameter is hidden either way. Text without `://` is shown as written.
 pub fn redact(text: &str) -> String {
     let Some(p) = split(text) else {
         return text.to_string();
     };
-    if p.scheme.eq_ignore_ascii_case("sqlite") {
-        return text.to_string();
-    }
     let rest = redact_query(p.rest);
     let scheme = p.scheme;
     match p.userinfo {
@@ -241,8 +237,15 @@ impl DbUrl {
         };
         let (kind, driver_scheme) = match p.scheme.to_ascii_lowercase().as_str() {
             "sqlite" => {
-                // No user info: the whole text after `://` is the path.
-                let path = &text[p.scheme.len() + 3..];
+                // Whatever looks like user info is refused rather than opened as a file name
+                // that would then be printed whole.
+                if p.userinfo.is_some() {
+                    return Err(bad(
+                        "a sqlite URL takes no user or password (and its path no @): \
+                         sqlite://relative/path or sqlite:///absolute/path",
+                    ));
+                }
+                let path = p.rest;
                 if path.is_empty() || path == "/" {
                     return Err(bad(
                         "a sqlite URL needs a file: sqlite://relative/path or sqlite:///absolute/path",
@@ -411,7 +414,8 @@ mod tests {
                 "oracle://opensips:***@h/db",
             ),
             ("sqlite://sipsockd.db", "sqlite://sipsockd.db"),
-            ("sqlite:///var/lib/s@x.db", "sqlite:///var/lib/s@x.db"),
+            ("sqlite://u:p@x.db", "sqlite://u:***@x.db"),
+            ("sqlite://u:p/q@/x.db", "sqlite://***@/x.db"),
             ("garbage", "garbage"),
         ] {
             assert_eq!(redact(url), want, "{url}");
@@ -458,6 +462,8 @@ mod tests {
             ("oracle://u:secret@h/d", "unsupported"),
             ("sqlite://", "needs a file"),
             ("sqlite:///", "needs a file"),
+            ("sqlite://u:secret@s.db", "no user or password"),
+            ("sqlite:///data/u:secret@x/s.db", "no user or password"),
             ("just-a-file.db", "expected sqlite://"),
             ("postgres://u:secret@", "host"),
             ("mysql://u:secret@h:x/d", "host part"),
