@@ -182,7 +182,8 @@ pub fn db_rm(cfg: &Config, target: &RmTarget, out: &mut dyn Write) -> Result<(),
 }
 
 /// `sipsockd db list`: the rows as stored (`--json`: an array of
-/// `{"id", "socket", "advertised", "tag", "flags", "tos"}`, null for NULL).
+/// `{"id", "socket", "advertised", "tag", "flags", "tos"}`, null for NULL, every value whole; the
+/// table view cuts values longer than [`MAX_CELL`] characters, with a marker).
 pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), CommandError> {
     let mut db = Database::connect(&cfg.sockets_mgm)?;
     let rows = db.load_rows()?;
@@ -200,17 +201,17 @@ pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), Comm
         )?;
         return Ok(());
     }
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let shown = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), cell);
     let lines: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.map_or_else(|| "-".into(), |i| i.to_string()),
-                dash(&r.socket),
-                dash(&r.advertised),
-                dash(&r.tag),
-                dash(&r.flags),
-                dash(&r.tos),
+                shown(&r.socket),
+                shown(&r.advertised),
+                shown(&r.tag),
+                shown(&r.flags),
+                shown(&r.tos),
             ]
         })
         .collect();
@@ -222,14 +223,38 @@ pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), Comm
         }
     }
     for line in std::iter::once(&header).chain(&lines) {
+        // Padded by hand: a format width is limited to u16::MAX and panics past it.
         let cells: Vec<String> = line
             .iter()
             .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
             .collect();
         writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// Longest value the table view of `db list` shows whole, in characters.
+const MAX_CELL: usize = 64;
+
+/// A value as one table cell: on one line (control characters escaped), cut past [`MAX_CELL`]
+/// characters with a marker saying how many were left out (`--json` shows it whole).
+fn cell(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    let total = escaped.chars().count();
+    if total <= MAX_CELL {
+        return escaped;
+    }
+    let kept = MAX_CELL - 16;
+    let head: String = escaped.chars().take(kept).collect();
+    format!("{head}...(+{} chars)", total - kept)
 }
 
 /// `check --json`: the whole report.
@@ -391,4 +416,23 @@ fn summary(d: &SocketDef) -> String {
         s.push_str(&format!(", tos {}", d.tos));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_one_line_and_cut_with_a_marker() {
+        assert_eq!(cell("udp:127.0.0.1:5060"), "udp:127.0.0.1:5060");
+        assert_eq!(cell("a\nb\tc"), "a\\nb\\tc");
+        let exact = "x".repeat(MAX_CELL);
+        assert_eq!(cell(&exact), exact);
+        let long = cell(&"é".repeat(70_000));
+        assert_eq!(
+            long.chars().count(),
+            MAX_CELL - 16 + "...(+69952 chars)".len()
+        );
+        assert!(long.ends_with("...(+69952 chars)"), "{long}");
+    }
 }
