@@ -481,12 +481,16 @@ fn refusal(text: &str, file: &str, e: serde_path_to_error::Error<toml::de::Error
     }
     let key = path.join(".");
     let message = redact_in_text(e.message());
-    // serde's words: "unknown field `x`, expected one of `a`, `b`" (or "expected `a` or `b`").
+    // serde's words: "unknown field `x`, expected one of `a`, `b`, `c`" (or "expected `a` or
+    // `b`", or "expected `a`"); the list is given as "a, b, c".
     if let Some((_, known)) = message
         .strip_prefix("unknown field `")
         .and_then(|m| m.split_once(", expected "))
     {
-        let known = known.trim_start_matches("one of ").replace('`', "");
+        let known = known
+            .trim_start_matches("one of ")
+            .replace("` or `", "`, `")
+            .replace('`', "");
         let section = path[..path.len() - 1].join(".");
         if !section.is_empty() {
             return ConfigError::UnknownKey {
@@ -978,7 +982,14 @@ reply_reason = "Temporarily Unavailable"
                 &["unknown key mi_fifo.owner (known in [mi_fifo]: fifo_name, fifo_mode"],
             ),
             ("[shm]\npath = \"\"\n", &["shm.path"]),
-            ("[shm]\nsize = 1\n", &["shm.size"]),
+            (
+                "[shm]\nsize = 1\n",
+                &["unknown key shm.size (known in [shm]: path)"],
+            ),
+            (
+                "[sip]\ncode = 1\n",
+                &["unknown key sip.code (known in [sip]: reply_code, reply_reason)"],
+            ),
             (
                 "[sip]\nreply_code = 99\n",
                 &["sip.reply_code = 99", "100 to 699"],
