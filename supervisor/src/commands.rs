@@ -206,7 +206,7 @@ pub fn db_rm(cfg: &Config, target: &RmTarget, out: &mut dyn Write) -> Result<(),
 
 /// `sipsockd db list`: the rows as stored (`--json`: an array of
 /// `{"id", "socket", "advertised", "tag", "flags", "tos"}`, null for NULL, every value whole; the
-/// table view cuts values longer than [`MAX_CELL`] characters, with a marker).
+/// table view cuts values longer than 64 characters, with a marker).
 pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), CommandError> {
     let mut db = Database::connect(&cfg.sockets_mgm)?;
     let rows = db.load_rows()?;
