@@ -214,8 +214,8 @@ impl InvalidRows {
     }
 }
 
-/// `[sockets_mgm]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[sockets_mgm]`. Its `{:?}` shows `db_url` redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "a [sockets_mgm] section")]
 pub struct SocketsMgm {
     /// Database URL: `sqlite://rel/path`, `sqlite:///abs/path`, `mysql://...`, `postgres://...`
@@ -260,6 +260,38 @@ impl Default for SocketsMgm {
             invalid_rows: InvalidRows::Reject,
             db_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl std::fmt::Debug for SocketsMgm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, db_url as it may be shown.
+        let SocketsMgm {
+            db_url: _,
+            table_name,
+            socket_column,
+            advertised_column,
+            tag_column,
+            flags_column,
+            tos_column,
+            processes,
+            max_sockets,
+            invalid_rows,
+            db_timeout,
+        } = self;
+        f.debug_struct("SocketsMgm")
+            .field("db_url", &self.db_url_redacted())
+            .field("table_name", table_name)
+            .field("socket_column", socket_column)
+            .field("advertised_column", advertised_column)
+            .field("tag_column", tag_column)
+            .field("flags_column", flags_column)
+            .field("tos_column", tos_column)
+            .field("processes", processes)
+            .field("max_sockets", max_sockets)
+            .field("invalid_rows", invalid_rows)
+            .field("db_timeout", db_timeout)
+            .finish()
     }
 }
 
@@ -1046,6 +1078,11 @@ reply_reason = "Temporarily Unavailable"
         assert_eq!(
             s.db_url_redacted(),
             "mysql://opensips:***@localhost/opensips"
+        );
+        let debug = format!("{s:?}");
+        assert!(
+            debug.contains("opensips:***@") && !debug.contains("opensipsrw"),
+            "{debug}"
         );
     }
 
