@@ -6,10 +6,12 @@
 //! - `db init|add|rm|list`: provisioning of the sockets table;
 //! - `check`: what a reload would apply;
 //! - `mi`: a client of the MI FIFO;
+//! - `options`: send one SIP OPTIONS to a UDP socket and print the reply;
 //! - `shm-dump`: a read-only view of the shared slot table;
 //! - `worker` (hidden): a worker process, started by the supervisor with fork + exec.
 
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,6 +39,13 @@ enum Command {
         /// Run as this group (overrides `[general] group`).
         #[arg(short = 'g', long)]
         group: Option<String>,
+        /// First run: create the table when missing and, when it has no row, add the demo socket
+        /// (udp:127.0.0.1:5060) and print how to send it an OPTIONS.
+        #[arg(long)]
+        demo: bool,
+        /// The socket `--demo` adds instead of udp:127.0.0.1:5060 (when 5060 is taken).
+        #[arg(long, value_name = "SOCKET", requires = "demo")]
+        demo_socket: Option<String>,
     },
     /// Provision the sockets table.
     #[command(subcommand)]
@@ -49,6 +58,15 @@ enum Command {
     },
     /// Send one MI command to a running daemon through its FIFO.
     Mi(MiArgs),
+    /// Send one SIP OPTIONS to a UDP socket and print the reply (exit 0 on a 2xx reply, 1 on
+    /// another reply, 2 on none).
+    Options {
+        /// `udp:host[:port]`, e.g. `udp:127.0.0.1:5060`.
+        socket: String,
+        /// Seconds to wait for the reply (the request is resent every 500 ms meanwhile).
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+    },
     /// Print the shared slot table of a running daemon (read-only); exit status 3 when the
     /// supervisor named in it is gone (a stale file).
     ShmDump {
@@ -161,9 +179,23 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut config = supervisor::config::load(cli.config.as_deref())?;
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Run { user, group } => {
+        Command::Run {
+            user,
+            group,
+            demo,
+            demo_socket,
+        } => {
             config.general.user = user.or(config.general.user);
             config.general.group = group.or(config.general.group);
+            if demo {
+                let socket = demo_socket
+                    .as_deref()
+                    .unwrap_or(supervisor::commands::DEMO_SOCKET);
+                let program = supervisor::commands::invocation(cli.config.as_deref());
+                supervisor::commands::demo(&config, socket, &program, &mut out)?;
+                out.flush()?;
+            }
+            drop(out);
             supervisor::daemon::run(config)?
         }
         Command::Db(DbCommand::Init) => supervisor::commands::db_init(&config, &mut out)?,
@@ -207,6 +239,21 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             return Ok(ExitCode::from(supervisor::mi::client::run(
                 &fifo, &reply_dir, &m.method, &m.params, timeout, &mut out,
             )));
+        }
+        Command::Options { socket, timeout } => {
+            // NaN falls back to the default.
+            let timeout = std::time::Duration::try_from_secs_f64(timeout.clamp(0.001, 3600.0))
+                .unwrap_or(std::time::Duration::from_secs(5));
+            return Ok(
+                match supervisor::commands::options(&socket, timeout, &mut out)? {
+                    supervisor::commands::OptionsOutcome::Success => ExitCode::SUCCESS,
+                    supervisor::commands::OptionsOutcome::OtherReply => ExitCode::from(1),
+                    supervisor::commands::OptionsOutcome::NoReply => {
+                        eprintln!("sipsockd: options {socket}: no reply within {timeout:?}");
+                        ExitCode::from(2)
+                    }
+                },
+            );
         }
         Command::ShmDump { path, json } => {
             let path = path.unwrap_or(config.shm.path.clone());

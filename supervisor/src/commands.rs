@@ -1,9 +1,10 @@
-//! The provisioning commands: `db init|add|rm|list` and `check`.
+//! The provisioning commands (`db init|add|rm|list`, `check`, the provisioning of `run --demo`)
+//! and `options`, a one-shot SIP client to see a socket answer.
 //!
-//! Each opens the database of `[sockets_mgm] db_url`, does one thing, prints what it did to `out`
-//! and returns. They share the row rules of [`crate::row`] with the daemon, so what `db add`
-//! accepts and what `check` reports is exactly what a reload would do. None of them talks to a
-//! running daemon: a change reaches it with `sockets_reload`.
+//! Each provisioning command opens the database of `[sockets_mgm] db_url`, does one thing, prints
+//! what it did to `out` and returns. They share the row rules of [`crate::row`] with the daemon,
+//! so what `db add` accepts and what `check` reports is exactly what a reload would do. None of
+//! them talks to a running daemon: a change reaches it with `sockets_reload`.
 
 use crate::config::{Config, InvalidRows};
 use crate::db::{Database, DbError};
@@ -14,6 +15,9 @@ use crate::row::{
 use serde::Serialize;
 use shm::Proto;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Errors of the provisioning commands.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +58,25 @@ pub enum CommandError {
     /// Encoding JSON failed.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// `run --demo` cannot use its socket.
+    #[error(
+        "the demo socket {socket} cannot be used: {reason}; free the port or pick another \
+         socket with `run --demo --demo-socket udp:127.0.0.1:PORT`"
+    )]
+    Demo {
+        /// The demo socket.
+        socket: String,
+        /// Why not.
+        reason: String,
+    },
+    /// `options` cannot send to its target.
+    #[error("options {target}: {reason}")]
+    Options {
+        /// The socket given.
+        target: String,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// What `db rm` removes.
@@ -182,7 +205,8 @@ pub fn db_rm(cfg: &Config, target: &RmTarget, out: &mut dyn Write) -> Result<(),
 }
 
 /// `sipsockd db list`: the rows as stored (`--json`: an array of
-/// `{"id", "socket", "advertised", "tag", "flags", "tos"}`, null for NULL).
+/// `{"id", "socket", "advertised", "tag", "flags", "tos"}`, null for NULL, every value whole; the
+/// table view cuts values longer than 64 characters, with a marker).
 pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), CommandError> {
     let mut db = Database::connect(&cfg.sockets_mgm)?;
     let rows = db.load_rows()?;
@@ -200,17 +224,17 @@ pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), Comm
         )?;
         return Ok(());
     }
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let shown = |v: &Option<String>| v.as_deref().map_or_else(|| "-".into(), cell);
     let lines: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
             [
                 r.id.map_or_else(|| "-".into(), |i| i.to_string()),
-                dash(&r.socket),
-                dash(&r.advertised),
-                dash(&r.tag),
-                dash(&r.flags),
-                dash(&r.tos),
+                shown(&r.socket),
+                shown(&r.advertised),
+                shown(&r.tag),
+                shown(&r.flags),
+                shown(&r.tos),
             ]
         })
         .collect();
@@ -222,14 +246,38 @@ pub fn db_list(cfg: &Config, json: bool, out: &mut dyn Write) -> Result<(), Comm
         }
     }
     for line in std::iter::once(&header).chain(&lines) {
+        // Padded by hand: a format width is limited to u16::MAX and panics past it.
         let cells: Vec<String> = line
             .iter()
             .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
             .collect();
         writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// Longest value the table view of `db list` shows whole, in characters.
+const MAX_CELL: usize = 64;
+
+/// A value as one table cell: on one line (control characters escaped), cut past [`MAX_CELL`]
+/// characters with a marker saying how many were left out (`--json` shows it whole).
+fn cell(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    let total = escaped.chars().count();
+    if total <= MAX_CELL {
+        return escaped;
+    }
+    let kept = MAX_CELL - 16;
+    let head: String = escaped.chars().take(kept).collect();
+    format!("{head}...(+{} chars)", total - kept)
 }
 
 /// `check --json`: the whole report.
@@ -391,4 +439,186 @@ fn summary(d: &SocketDef) -> String {
         s.push_str(&format!(", tos {}", d.tos));
     }
     s
+}
+
+/// The socket `run --demo` provisions when the table is empty.
+pub const DEMO_SOCKET: &str = "udp:127.0.0.1:5060";
+
+/// What `run --demo` does before the daemon starts: create the table when missing (a fresh
+/// machine gets `./sipsockd.db` with the default configuration); when it has no row, check that
+/// `socket` (a UDP socket) can be bound and add it; either way say what runs and how to send it
+/// an OPTIONS (`program`: how to call sipsockd, see [`invocation`]). A table that already has
+/// rows is left as it is.
+pub fn demo(
+    cfg: &Config,
+    socket: &str,
+    program: &str,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let demo_error = |reason: String| CommandError::Demo {
+        socket: socket.to_string(),
+        reason,
+    };
+    let mut db = Database::create(&cfg.sockets_mgm)?;
+    db.init()?;
+    let rows = db.load_rows()?;
+    drop(db);
+    let table = &cfg.sockets_mgm.table_name;
+    let url = cfg.sockets_mgm.db_url_redacted();
+    if !rows.is_empty() {
+        writeln!(
+            out,
+            "demo: table {table} in {url} already has {} row(s); running them as they are, \
+             nothing added (`sipsockd db list` shows them)",
+            rows.len()
+        )?;
+        return Ok(());
+    }
+    let row = RawRow {
+        socket: Some(socket.to_string()),
+        ..RawRow::default()
+    };
+    let def = parse_row(&row, &SystemResolver)
+        .map_err(|mut errors| demo_error(errors.remove(0).to_string()))?;
+    if def.proto != Proto::Udp {
+        return Err(demo_error("the demo serves UDP: write udp:IP:PORT".into()));
+    }
+    // Said now, clearly, rather than as a bind error in the daemon's log: another SIP server
+    // often holds 5060.
+    UdpSocket::bind((def.ip, def.port)).map_err(|e| demo_error(e.to_string()))?;
+    db_add(cfg, &row, out)?;
+    let target = identity_text(&def).replace(' ', ":");
+    let sipp_target = SocketAddr::new(def.ip, def.port);
+    writeln!(
+        out,
+        "demo: {target} answers OPTIONS with 200 OK once the log below says \"ready\". From \
+         another terminal:\n  \
+         {program} options {target}\n  \
+         sipp -sf tests/sipp/options.xml -m 1 {sipp_target}     (if SIPp is installed)\n\
+         demo: add a socket and apply it: {program} db add udp:127.0.0.1:5070 && {program} mi \
+         sockets_reload\n\
+         demo: see what runs: {program} shm-dump; Ctrl-C stops the daemon."
+    )?;
+    Ok(())
+}
+
+/// How to call this very binary from the working directory, with `--config` when one was given:
+/// what the hints of `run --demo` print.
+pub fn invocation(config: Option<&Path>) -> String {
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            exe.strip_prefix(&cwd).ok().map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| "sipsockd".into());
+    match config {
+        Some(c) => format!("{program} --config {}", c.display()),
+        None => program,
+    }
+}
+
+/// How `options` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionsOutcome {
+    /// A 2xx reply came.
+    Success,
+    /// Another reply came.
+    OtherReply,
+    /// No reply within the time allowed.
+    NoReply,
+}
+
+/// `sipsockd options SOCKET`: send one OPTIONS to a UDP socket (`udp:host[:port]`), resending it
+/// every 500 ms (SIP's T1) until a reply with its Call-ID comes or `timeout` passes, and print the
+/// reply.
+pub fn options(
+    target: &str,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<OptionsOutcome, CommandError> {
+    let fail = |reason: String| CommandError::Options {
+        target: target.to_string(),
+        reason,
+    };
+    let (proto, ip, port) = parse_socket(target, &SystemResolver).map_err(fail)?;
+    if proto != Proto::Udp {
+        return Err(fail("only udp sockets: udp:host[:port]".into()));
+    }
+    let to = SocketAddr::new(ip, port);
+    let any = match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let sock = UdpSocket::bind((any, 0)).map_err(|e| fail(e.to_string()))?;
+    sock.connect(to).map_err(|e| fail(e.to_string()))?;
+    let local = sock.local_addr().map_err(|e| fail(e.to_string()))?;
+    let nonce = format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos()
+    );
+    let call_id = format!("{nonce}@sipsockd-options");
+    let request = format!(
+        "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{nonce};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:sipsockd@{local}>;tag={nonce}\r\nTo: <sip:{to}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 65535];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        // A refused send (ICMP port unreachable from an earlier one) is retried like a loss.
+        let _ = sock.send(request.as_bytes());
+        let wait_until = Instant::now() + left.min(Duration::from_millis(500));
+        while let Some(wait) = wait_until.checked_duration_since(Instant::now()) {
+            if wait.is_zero() || sock.set_read_timeout(Some(wait)).is_err() {
+                break;
+            }
+            let Ok(n) = sock.recv(&mut buf) else {
+                // Timed out, or refused (nothing listens yet): send again when the wait is over.
+                std::thread::sleep(wait_until.saturating_duration_since(Instant::now()));
+                break;
+            };
+            let reply = String::from_utf8_lossy(&buf[..n]);
+            let ours = reply.lines().any(|line| {
+                line.split_once(':').is_some_and(|(name, value)| {
+                    let name = name.trim();
+                    (name.eq_ignore_ascii_case("call-id") || name.eq_ignore_ascii_case("i"))
+                        && value.trim() == call_id
+                })
+            });
+            if !ours {
+                continue;
+            }
+            write!(out, "{reply}")?;
+            let status = reply.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
+            return Ok(match status {
+                Some(200..=299) => OptionsOutcome::Success,
+                _ => OptionsOutcome::OtherReply,
+            });
+        }
+    }
+    Ok(OptionsOutcome::NoReply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_are_one_line_and_cut_with_a_marker() {
+        assert_eq!(cell("udp:127.0.0.1:5060"), "udp:127.0.0.1:5060");
+        assert_eq!(cell("a\nb\tc"), "a\\nb\\tc");
+        let exact = "x".repeat(MAX_CELL);
+        assert_eq!(cell(&exact), exact);
+        let long = cell(&"é".repeat(70_000));
+        assert_eq!(
+            long.chars().count(),
+            MAX_CELL - 16 + "...(+69952 chars)".len()
+        );
+        assert!(long.ends_with("...(+69952 chars)"), "{long}");
+    }
 }

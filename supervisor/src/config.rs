@@ -1,20 +1,32 @@
 //! The configuration file (`--config FILE`, TOML).
 //!
 //! Sections and keys mirror the OpenSIPS modparams of `sockets_mgm` and `mi_fifo`, with the seed's
-//! defaults. Loading refuses unknown sections and keys, wrong types and out-of-range values with an
-//! error naming the key and the value. This module owns parsing and validation only; it never opens
-//! the database or a socket.
+//! defaults. This module owns reading and checking the file only; it never opens the database or a
+//! socket.
 //!
-//! The file is walked key by key (rather than handed to serde in one go) so that every refusal can
-//! name `section.key` and the offending value, which serde's messages do not reliably do.
+//! Each key is defined once: a field of a section struct below, with its doc, its type and its
+//! default (the struct's `Default`). Loading has two phases, like ripgrep's low and high
+//! arguments:
+//! 1. serde reads the file into [`RawConfig`] (`deny_unknown_fields`, missing keys take their
+//!    default); `serde_path_to_error` gives the key path of a refused value, and the TOML parser
+//!    its place in the file, so the error names the key and the value as written;
+//! 2. [`RawConfig::check`] turns it into the [`Config`] the program uses, refusing out-of-range
+//!    values and keys that contradict each other, again naming the key and the value.
+//!
+//! Sections whose file form is their program form (`[sockets_mgm]`, `[mi_fifo]`, ...) are read
+//! straight into the checked struct; only `[tls]` is reshaped (its certificate keys and its
+//! `[tls.tag.<TAG>]` sections become [`Tls::default`] and [`Tls::tags`]). A `db_url` is only ever
+//! shown redacted ([`crate::db::url::redact`]).
 
+use crate::db::url::{redact, redact_in_text, DbUrl};
+use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+/// The whole configuration, checked: what [`load`] and [`parse`] return.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     /// `[sockets_mgm]`: where the sockets table is and how many processes serve it.
     pub sockets_mgm: SocketsMgm,
@@ -32,17 +44,40 @@ pub struct Config {
     pub general: General,
 }
 
+/// The file as serde reads it, before [`RawConfig::check`]: the sections, each defaulting to its
+/// defaults when absent.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a table of sections")]
+pub struct RawConfig {
+    /// `[sockets_mgm]`.
+    pub sockets_mgm: SocketsMgm,
+    /// `[mi_fifo]`.
+    pub mi_fifo: MiFifo,
+    /// `[shm]`.
+    pub shm: Shm,
+    /// `[sip]`.
+    pub sip: Sip,
+    /// `[tcp]`.
+    pub tcp: Tcp,
+    /// `[tls]` and its `[tls.tag.<TAG>]` sections.
+    pub tls: RawTls,
+    /// `[general]`.
+    pub general: General,
+}
+
 /// `[tcp]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [tcp] section")]
 pub struct Tcp {
     /// Stream worker processes (fixed pool).
     pub workers: u32,
     /// Largest SIP header section accepted on a stream, in bytes.
     pub max_message_size: u32,
-    /// How long connections of a removed socket may go on.
+    /// How long connections of a removed socket may go on (seconds in the file).
+    #[serde(deserialize_with = "seconds")]
     pub drain_timeout: Duration,
-    /// A connection with no complete message for this long is closed.
+    /// A connection with no complete message for this long is closed (seconds in the file).
+    #[serde(deserialize_with = "seconds")]
     pub connection_lifetime: Duration,
     /// Most open connections in all; past it new ones are refused.
     pub max_connections: u32,
@@ -60,9 +95,9 @@ impl Default for Tcp {
     }
 }
 
-/// Certificate settings of one TLS context: `[tls]` itself, or a `[tls.tag.<TAG>]` override.
+/// Certificate settings of one TLS context: `[tls]` itself, or a `[tls.tag.<TAG>]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [tls.tag.<TAG>] section")]
 pub struct TlsCert {
     /// PEM certificate chain.
     pub certificate: Option<PathBuf>,
@@ -74,25 +109,70 @@ pub struct TlsCert {
     pub require_client_cert: bool,
 }
 
-/// `[tls]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[tls]` as written: the default certificate keys beside the section's own keys and the
+/// `[tls.tag.<TAG>]` sections (serde cannot flatten a [`TlsCert`] into a struct that refuses
+/// unknown keys, so its four keys are spelt out here).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [tls] section")]
+pub struct RawTls {
+    /// PEM certificate chain of the sockets without a tag section.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key that goes with `certificate`.
+    pub private_key: Option<PathBuf>,
+    /// PEM CA certificates to verify clients with.
+    pub ca_list: Option<PathBuf>,
+    /// Ask clients for a certificate and refuse those without a valid one.
+    pub require_client_cert: bool,
+    /// A handshake (TLS, and the WebSocket upgrade) not finished within this is dropped (seconds
+    /// in the file).
+    #[serde(deserialize_with = "seconds")]
+    pub handshake_timeout: Duration,
+    /// `[tls.tag.<TAG>]`: a socket with that tag presents these instead.
+    pub tag: BTreeMap<String, TlsCert>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            certificate: None,
+            private_key: None,
+            ca_list: None,
+            require_client_cert: false,
+            handshake_timeout: Duration::from_secs(10),
+            tag: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[tls]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
     /// The default certificate settings.
     pub default: TlsCert,
     /// Per-tag certificate settings (`[tls.tag.<TAG>]`): a socket with that tag presents these.
-    pub tags: std::collections::BTreeMap<String, TlsCert>,
+    pub tags: BTreeMap<String, TlsCert>,
     /// A handshake not finished within this is dropped.
     pub handshake_timeout: Duration,
 }
 
+impl From<RawTls> for Tls {
+    fn from(raw: RawTls) -> Tls {
+        Tls {
+            default: TlsCert {
+                certificate: raw.certificate,
+                private_key: raw.private_key,
+                ca_list: raw.ca_list,
+                require_client_cert: raw.require_client_cert,
+            },
+            tags: raw.tag,
+            handshake_timeout: raw.handshake_timeout,
+        }
+    }
+}
+
 impl Default for Tls {
     fn default() -> Self {
-        Tls {
-            default: TlsCert::default(),
-            tags: Default::default(),
-            handshake_timeout: Duration::from_secs(10),
-        }
+        RawTls::default().into()
     }
 }
 
@@ -105,7 +185,7 @@ impl Tls {
 
 /// `[general]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [general] section")]
 pub struct General {
     /// User to run as after start-up (when started as root).
     pub user: Option<String>,
@@ -134,11 +214,12 @@ impl InvalidRows {
     }
 }
 
-/// `[sockets_mgm]`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[sockets_mgm]`. Its `{:?}` shows `db_url` redacted.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [sockets_mgm] section")]
 pub struct SocketsMgm {
-    /// Database URL: `sqlite://rel/path`, `sqlite:///abs/path`, `mysql://...`, `postgres://...`.
+    /// Database URL: `sqlite://rel/path`, `sqlite:///abs/path`, `mysql://...`, `postgres://...`
+    /// (read by [`DbUrl::parse`]).
     pub db_url: String,
     /// Table holding the sockets.
     pub table_name: String,
@@ -158,7 +239,9 @@ pub struct SocketsMgm {
     pub max_sockets: u32,
     /// Bad rows: reject the table (default) or skip them.
     pub invalid_rows: InvalidRows,
-    /// Longest a database connect or query may take before the reload fails.
+    /// Longest a database connect or query may take before the reload fails (seconds in the
+    /// file).
+    #[serde(deserialize_with = "seconds")]
     pub db_timeout: Duration,
 }
 
@@ -180,82 +263,48 @@ impl Default for SocketsMgm {
     }
 }
 
+impl std::fmt::Debug for SocketsMgm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field, db_url as it may be shown.
+        let SocketsMgm {
+            db_url: _,
+            table_name,
+            socket_column,
+            advertised_column,
+            tag_column,
+            flags_column,
+            tos_column,
+            processes,
+            max_sockets,
+            invalid_rows,
+            db_timeout,
+        } = self;
+        f.debug_struct("SocketsMgm")
+            .field("db_url", &self.db_url_redacted())
+            .field("table_name", table_name)
+            .field("socket_column", socket_column)
+            .field("advertised_column", advertised_column)
+            .field("tag_column", tag_column)
+            .field("flags_column", flags_column)
+            .field("tos_column", tos_column)
+            .field("processes", processes)
+            .field("max_sockets", max_sockets)
+            .field("invalid_rows", invalid_rows)
+            .field("db_timeout", db_timeout)
+            .finish()
+    }
+}
+
 impl SocketsMgm {
-    /// `db_url` with the password replaced by `***`: the only form that may reach a log or an error.
+    /// `db_url` with the password hidden: the only form that may reach a log or an error.
     pub fn db_url_redacted(&self) -> String {
-        redact_url(&self.db_url)
+        redact(&self.db_url)
     }
-}
-
-/// `url` with the password of its user-info part (`scheme://user:PASSWORD@host`) replaced by `***`.
-///
-/// A URL without a password is returned unchanged; a password given as a query parameter
-/// (`?password=...`) is hidden too, since libpq-style URLs allow it.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    // The authority ends at the first '/', '?' or '#'; the user info at the last '@' before that.
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _password)) => format!("{user}:***{host}"),
-                None => authority.to_string(),
-            }
-        }
-        None => authority.to_string(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_string(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
-/// `text` with [`redact_url`] applied to every URL-looking word in it.
-fn redact_urls_in(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-')))
-            .map_or(0, |i| i + 1);
-        let end = rest[at..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`'))
-            .map_or(rest.len(), |i| at + i);
-        out.push_str(&rest[..start]);
-        out.push_str(&redact_url(&rest[start..end]));
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The password of `url`'s user info, if any (used to scrub it from driver messages).
-pub(crate) fn url_password(url: &str) -> Option<String> {
-    let (_, rest) = url.split_once("://")?;
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..auth_end];
-    let userinfo = &authority[..authority.rfind('@')?];
-    let (_, password) = userinfo.split_once(':')?;
-    (!password.is_empty()).then(|| password.to_string())
 }
 
 /// `[mi_fifo]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [mi_fifo] section")]
 pub struct MiFifo {
     /// Path of the server FIFO.
     pub fifo_name: PathBuf,
@@ -285,7 +334,7 @@ impl MiFifo {
 
 /// `[shm]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [shm] section")]
 pub struct Shm {
     /// Path of the shared-memory file.
     pub path: PathBuf,
@@ -301,7 +350,7 @@ impl Default for Shm {
 
 /// `[sip]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields, default, expecting = "a [sip] section")]
 pub struct Sip {
     /// Status code of the stateless reply to requests other than OPTIONS and ACK.
     pub reply_code: u16,
@@ -327,6 +376,36 @@ pub const MAX_PROCESSES: u32 = 1024;
 /// Longest table or column name accepted (PostgreSQL truncates identifiers past 63 bytes).
 const MAX_IDENTIFIER: usize = 63;
 
+/// Longest duration a key in seconds takes: a day.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// A duration key: a number of seconds (integer or fractional), more than 0 and at most a day.
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct Seconds;
+    impl Visitor<'_> for Seconds {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a number of seconds")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+    }
+    let secs = d.deserialize_any(Seconds)?;
+    if !(secs > 0.0 && secs <= MAX_SECONDS) {
+        return Err(de::Error::custom(format!(
+            "must be more than 0 and at most {MAX_SECONDS} seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Why a configuration was refused. Every message names the file, the key and the value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -343,16 +422,18 @@ pub enum ConfigError {
     Syntax {
         /// The file (or `<built-in>`).
         file: String,
-        /// The TOML parser's message (it shows the line).
+        /// The TOML parser's message (it shows the line; a URL's password hidden).
         message: String,
     },
     /// A section the program does not know.
-    #[error("{file}: unknown section [{section}] (known: sockets_mgm, mi_fifo, shm, sip, tcp, tls, general)")]
+    #[error("{file}: unknown section [{section}] (known: {known})")]
     UnknownSection {
         /// The file.
         file: String,
         /// The section name.
         section: String,
+        /// The known sections.
+        known: String,
     },
     /// A key the section does not have.
     #[error("{file}: unknown key {key} (known in [{section}]: {known})")]
@@ -366,19 +447,17 @@ pub enum ConfigError {
         /// The section's keys.
         known: String,
     },
-    /// A value of the wrong TOML type.
-    #[error("{file}: {key} = {value}: expected {expected}")]
-    Type {
+    /// A key outside any section.
+    #[error("{file}: {key} is outside any section: keys belong in a section such as [sockets_mgm] (known: {known})")]
+    OutsideSection {
         /// The file.
         file: String,
-        /// `section.key`.
+        /// The key.
         key: String,
-        /// The value as written (a URL's password hidden).
-        value: String,
-        /// What was expected.
-        expected: &'static str,
+        /// The known sections.
+        known: String,
     },
-    /// A value of the right type but not acceptable.
+    /// A value of the wrong type, or not acceptable.
     #[error("{file}: {key} = {value}: {reason}")]
     Invalid {
         /// The file.
@@ -399,9 +478,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         None => {
             let p = PathBuf::from(DEFAULT_FILE);
             if !p.exists() {
-                let config = Config::default();
-                config.validate("<built-in defaults>")?;
-                return Ok(config);
+                return RawConfig::default().check("<built-in defaults>");
             }
             p
         }
@@ -413,328 +490,95 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
     parse(&text, &file.display().to_string())
 }
 
-/// Parse and validate the TOML text of a configuration; `file` only names it in errors.
+/// Parse and check the TOML text of a configuration; `file` only names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            file: file.to_string(),
-            // The parser quotes the offending line, which may be the db_url with its password.
-            message: redact_urls_in(e.to_string().trim_end()),
-        })?;
-    let mut config = Config::default();
-    let f = |s: &str| s.to_string();
-    for (section, value) in &table {
-        let Some(keys) = value.as_table() else {
-            if SECTIONS.contains(&section.as_str()) {
-                return Err(ConfigError::Type {
-                    file: f(file),
-                    key: section.clone(),
-                    value: value.to_string(),
-                    expected: "a section ([name] followed by keys)",
-                });
-            }
-            return Err(ConfigError::UnknownKey {
-                file: f(file),
-                key: section.clone(),
-                section: "top level".into(),
-                known: "none: keys belong in a section such as [sockets_mgm]".into(),
-            });
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| refusal(text, file, e))?;
+    raw.check(file)
+}
+
+/// The error for what serde refused: a syntax error, an unknown section or key, or a value of
+/// the wrong type or range, with the key path and the value as written in `text`.
+fn refusal(text: &str, file: &str, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+    let path: Vec<String> = e.path().iter().map(ToString::to_string).collect();
+    let e = e.into_inner();
+    let file = file.to_string();
+    if path.is_empty() {
+        // Not a value of a key: the text itself is not TOML. The parser quotes the line, which
+        // may be the db_url.
+        return ConfigError::Syntax {
+            file,
+            message: redact_in_text(e.to_string().trim_end()),
         };
-        for (key, v) in keys {
-            let field = Field {
+    }
+    let key = path.join(".");
+    let message = redact_in_text(e.message());
+    // serde's words: "unknown field `x`, expected one of `a`, `b`, `c`" (or "expected `a` or
+    // `b`", or "expected `a`"); the list is given as "a, b, c".
+    if let Some((_, known)) = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once(", expected "))
+    {
+        let known = known
+            .trim_start_matches("one of ")
+            .replace("` or `", "`, `")
+            .replace('`', "");
+        let section = path[..path.len() - 1].join(".");
+        if !section.is_empty() {
+            return ConfigError::UnknownKey {
                 file,
-                section,
                 key,
-                value: v,
+                section,
+                known,
             };
-            match section.as_str() {
-                "sockets_mgm" => {
-                    let s = &mut config.sockets_mgm;
-                    match key.as_str() {
-                        "db_url" => {
-                            // Never echo a password, even in a type error.
-                            s.db_url = field.string_redacted()?;
-                        }
-                        "table_name" => s.table_name = field.string()?,
-                        "socket_column" => s.socket_column = field.string()?,
-                        "advertised_column" => s.advertised_column = field.string()?,
-                        "tag_column" => s.tag_column = field.string()?,
-                        "flags_column" => s.flags_column = field.string()?,
-                        "tos_column" => s.tos_column = field.string()?,
-                        "processes" => s.processes = field.u32()?,
-                        "max_sockets" => s.max_sockets = field.u32()?,
-                        "invalid_rows" => {
-                            s.invalid_rows = match field.string()?.as_str() {
-                                "reject" => InvalidRows::Reject,
-                                "skip" => InvalidRows::Skip,
-                                _ => return Err(field.invalid("must be \"reject\" or \"skip\"")),
-                            }
-                        }
-                        "db_timeout" => s.db_timeout = field.seconds()?,
-                        _ => return Err(field.unknown(SOCKETS_MGM_KEYS)),
-                    }
-                }
-                "mi_fifo" => {
-                    let m = &mut config.mi_fifo;
-                    match key.as_str() {
-                        "fifo_name" => m.fifo_name = field.string()?.into(),
-                        "fifo_mode" => m.fifo_mode = field.string()?,
-                        "reply_dir" => m.reply_dir = field.string()?.into(),
-                        _ => return Err(field.unknown(MI_FIFO_KEYS)),
-                    }
-                }
-                "shm" => match key.as_str() {
-                    "path" => config.shm.path = field.string()?.into(),
-                    _ => return Err(field.unknown(SHM_KEYS)),
-                },
-                "sip" => match key.as_str() {
-                    "reply_code" => {
-                        let code = field.integer()?;
-                        config.sip.reply_code = u16::try_from(code)
-                            .ok()
-                            .filter(|c| (100..=699).contains(c))
-                            .ok_or_else(|| {
-                                field.invalid("must be a SIP status code, 100 to 699")
-                            })?;
-                    }
-                    "reply_reason" => config.sip.reply_reason = field.string()?,
-                    _ => return Err(field.unknown(SIP_KEYS)),
-                },
-                "tcp" => {
-                    let t = &mut config.tcp;
-                    match key.as_str() {
-                        "workers" => t.workers = field.u32()?,
-                        "max_message_size" => t.max_message_size = field.u32()?,
-                        "drain_timeout" => t.drain_timeout = field.seconds()?,
-                        "connection_lifetime" => t.connection_lifetime = field.seconds()?,
-                        "max_connections" => t.max_connections = field.u32()?,
-                        _ => return Err(field.unknown(TCP_KEYS)),
-                    }
-                }
-                "tls" => match key.as_str() {
-                    "handshake_timeout" => config.tls.handshake_timeout = field.seconds()?,
-                    "tag" => {
-                        let Some(tags) = v.as_table() else {
-                            return Err(field.wrong_type("a table of [tls.tag.<TAG>] sections"));
-                        };
-                        for (tag, keys) in tags {
-                            let section = format!("tls.tag.{tag}");
-                            let Some(keys) = keys.as_table() else {
-                                return Err(Field {
-                                    file,
-                                    section: &section,
-                                    key: "",
-                                    value: keys,
-                                }
-                                .wrong_type("a section ([tls.tag.<TAG>] followed by keys)"));
-                            };
-                            let mut cert = TlsCert::default();
-                            for (key, v) in keys {
-                                tls_cert_key(
-                                    &mut cert,
-                                    &Field {
-                                        file,
-                                        section: &section,
-                                        key,
-                                        value: v,
-                                    },
-                                )?;
-                            }
-                            config.tls.tags.insert(tag.clone(), cert);
-                        }
-                    }
-                    _ => tls_cert_key(&mut config.tls.default, &field)?,
-                },
-                "general" => match key.as_str() {
-                    "user" => config.general.user = Some(field.string()?),
-                    "group" => config.general.group = Some(field.string()?),
-                    _ => return Err(field.unknown(GENERAL_KEYS)),
-                },
-                _ => {
-                    return Err(ConfigError::UnknownSection {
-                        file: f(file),
-                        section: section.clone(),
-                    })
-                }
+        }
+        let is_section = text
+            .parse::<toml::Table>()
+            .is_ok_and(|t| t.get(&key).is_some_and(toml::Value::is_table));
+        return if is_section {
+            ConfigError::UnknownSection {
+                file,
+                section: key,
+                known,
             }
-        }
-        if !SECTIONS.contains(&section.as_str()) {
-            // An empty unknown section has no key to trip on above.
-            return Err(ConfigError::UnknownSection {
-                file: f(file),
-                section: section.clone(),
-            });
-        }
-    }
-    config.validate(file)?;
-    Ok(config)
-}
-
-const SECTIONS: &[&str] = &[
-    "sockets_mgm",
-    "mi_fifo",
-    "shm",
-    "sip",
-    "tcp",
-    "tls",
-    "general",
-];
-const TCP_KEYS: &[&str] = &[
-    "workers",
-    "max_message_size",
-    "drain_timeout",
-    "connection_lifetime",
-    "max_connections",
-];
-const TLS_KEYS: &[&str] = &[
-    "certificate",
-    "private_key",
-    "ca_list",
-    "require_client_cert",
-    "handshake_timeout",
-    "tag",
-];
-const TLS_TAG_KEYS: &[&str] = &[
-    "certificate",
-    "private_key",
-    "ca_list",
-    "require_client_cert",
-];
-const GENERAL_KEYS: &[&str] = &["user", "group"];
-
-/// One key of `[tls]` or `[tls.tag.<TAG>]` that sets certificate material.
-fn tls_cert_key(cert: &mut TlsCert, field: &Field<'_>) -> Result<(), ConfigError> {
-    match field.key {
-        "certificate" => cert.certificate = Some(field.string()?.into()),
-        "private_key" => cert.private_key = Some(field.string()?.into()),
-        "ca_list" => cert.ca_list = Some(field.string()?.into()),
-        "require_client_cert" => cert.require_client_cert = field.boolean()?,
-        _ => {
-            return Err(field.unknown(if field.section == "tls" {
-                TLS_KEYS
-            } else {
-                TLS_TAG_KEYS
-            }))
-        }
-    }
-    Ok(())
-}
-const SOCKETS_MGM_KEYS: &[&str] = &[
-    "db_url",
-    "table_name",
-    "socket_column",
-    "advertised_column",
-    "tag_column",
-    "flags_column",
-    "tos_column",
-    "processes",
-    "max_sockets",
-    "invalid_rows",
-    "db_timeout",
-];
-const MI_FIFO_KEYS: &[&str] = &["fifo_name", "fifo_mode", "reply_dir"];
-const SHM_KEYS: &[&str] = &["path"];
-const SIP_KEYS: &[&str] = &["reply_code", "reply_reason"];
-
-/// One `key = value` of the file, with what is needed to name it in an error.
-struct Field<'a> {
-    file: &'a str,
-    section: &'a str,
-    key: &'a str,
-    value: &'a toml::Value,
-}
-
-impl Field<'_> {
-    fn name(&self) -> String {
-        format!("{}.{}", self.section, self.key)
-    }
-
-    fn shown(&self) -> String {
-        self.value.to_string()
-    }
-
-    fn wrong_type(&self, expected: &'static str) -> ConfigError {
-        ConfigError::Type {
-            file: self.file.to_string(),
-            key: self.name(),
-            value: self.shown(),
-            expected,
-        }
-    }
-
-    fn invalid(&self, reason: &str) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_string(),
-            key: self.name(),
-            value: self.shown(),
-            reason: reason.to_string(),
-        }
-    }
-
-    fn unknown(&self, known: &[&str]) -> ConfigError {
-        ConfigError::UnknownKey {
-            file: self.file.to_string(),
-            key: self.name(),
-            section: self.section.to_string(),
-            known: known.join(", "),
-        }
-    }
-
-    fn string(&self) -> Result<String, ConfigError> {
-        self.value
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| self.wrong_type("a string"))
-    }
-
-    /// Like [`Field::string`], for a URL whose password must not be echoed even in a type error.
-    fn string_redacted(&self) -> Result<String, ConfigError> {
-        match self.value.as_str() {
-            Some(s) => Ok(s.to_string()),
-            None => Err(ConfigError::Type {
-                file: self.file.to_string(),
-                key: self.name(),
-                value: format!("<{}>", self.value.type_str()),
-                expected: "a string",
-            }),
-        }
-    }
-
-    fn boolean(&self) -> Result<bool, ConfigError> {
-        self.value
-            .as_bool()
-            .ok_or_else(|| self.wrong_type("true or false"))
-    }
-
-    /// A positive duration in seconds, integer or fractional.
-    fn seconds(&self) -> Result<Duration, ConfigError> {
-        let secs = match self.value {
-            toml::Value::Integer(n) => *n as f64,
-            toml::Value::Float(x) => *x,
-            _ => return Err(self.wrong_type("a number of seconds")),
+        } else {
+            ConfigError::OutsideSection { file, key, known }
         };
-        if !(secs > 0.0 && secs <= 86_400.0) {
-            return Err(self.invalid("must be more than 0 and at most 86400 seconds"));
-        }
-        Ok(Duration::from_secs_f64(secs))
     }
-
-    fn integer(&self) -> Result<i64, ConfigError> {
-        self.value
-            .as_integer()
-            .ok_or_else(|| self.wrong_type("an integer"))
+    let value = e
+        .span()
+        .and_then(|span| text.get(span))
+        .map_or_else(|| "(?)".into(), redact_in_text);
+    ConfigError::Invalid {
+        file,
+        key,
+        value,
+        reason: message,
     }
+}
 
-    fn u32(&self) -> Result<u32, ConfigError> {
-        let n = self.integer()?;
-        u32::try_from(n).map_err(|_| self.invalid("must be a positive integer"))
+impl RawConfig {
+    /// The second phase: the configuration the program uses, or the first value that is out of
+    /// range or contradicts another; `file` names the source in errors.
+    pub fn check(self, file: &str) -> Result<Config, ConfigError> {
+        let config = Config {
+            sockets_mgm: self.sockets_mgm,
+            mi_fifo: self.mi_fifo,
+            shm: self.shm,
+            sip: self.sip,
+            tcp: self.tcp,
+            tls: self.tls.into(),
+            general: self.general,
+        };
+        config.validate(file)?;
+        Ok(config)
     }
 }
 
 impl Config {
-    /// Check the values' ranges and forms (the types are already right); `file` names the source
-    /// in errors. Called by [`load`]; public so a hand-built configuration can be checked too.
+    /// Check the values' ranges and forms (the types are already right) and the keys that depend
+    /// on each other; `file` names the source in errors. Run by [`RawConfig::check`]; public so
+    /// a hand-built configuration can be checked too.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, value: String, reason: String| ConfigError::Invalid {
             file: file.to_string(),
@@ -742,15 +586,11 @@ impl Config {
             value,
             reason,
         };
-        let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+        // On one line whatever it holds: control characters escaped.
+        let quoted = |s: &str| format!("{s:?}");
         let s = &self.sockets_mgm;
-        check_db_url(&s.db_url).map_err(|reason| {
-            invalid(
-                "sockets_mgm.db_url",
-                quoted(&s.db_url_redacted()),
-                reason.into(),
-            )
-        })?;
+        DbUrl::parse(&s.db_url)
+            .map_err(|e| invalid("sockets_mgm.db_url", quoted(&e.shown), e.reason))?;
         let names = [
             ("table_name", &s.table_name),
             ("socket_column", &s.socket_column),
@@ -919,20 +759,6 @@ fn parse_octal_mode(s: &str) -> Option<u32> {
     u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
 }
 
-/// The backends `db_url` may name; the database module does the full parse.
-fn check_db_url(url: &str) -> Result<(), &'static str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("expected sqlite://PATH, mysql://USER:PASS@HOST[:PORT]/DB or postgres://...");
-    };
-    match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" if rest.is_empty() || rest == "/" => {
-            Err("a sqlite URL needs a file: sqlite://relative/path or sqlite:///absolute/path")
-        }
-        "sqlite" | "mysql" | "postgres" | "postgresql" => Ok(()),
-        _ => Err("unsupported database (sqlite, mysql, postgres or postgresql)"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1000,23 +826,33 @@ group = "nogroup"
     fn stream_tls_and_general_refusals_name_the_key() {
         for (text, key) in [
             ("[tcp]\nworkers = 0", "tcp.workers"),
-            ("[tcp]\ndrain_timeout = -1", "tcp.drain_timeout"),
+            (
+                "[tcp]\ndrain_timeout = -1",
+                "tcp.drain_timeout = -1: must be more than 0 and at most 86400 seconds",
+            ),
             (
                 "[tcp]\nconnection_lifetime = \"long\"",
-                "tcp.connection_lifetime",
+                "tcp.connection_lifetime = \"long\": invalid type: string \"long\", expected a number of seconds",
             ),
+            ("[tls]\nhandshake_timeout = 1e9", "tls.handshake_timeout = 1e9"),
             ("[tcp]\nbogus = 1", "tcp.bogus"),
             ("[tls]\ncertificate = \"/c.pem\"", "tls.certificate"),
             (
                 "[tls]\nrequire_client_cert = true",
                 "tls.require_client_cert",
             ),
+            ("[general]\nuser = \"\"", "general.user"),
+            ("[sockets_mgm]\ndb_timeout = 0", "sockets_mgm.db_timeout = 0"),
             (
                 "[tls.tag.x]\nhandshake_timeout = 3",
-                "tls.tag.x.handshake_timeout",
+                "unknown key tls.tag.x.handshake_timeout (known in [tls.tag.x]: certificate, \
+                 private_key, ca_list, require_client_cert)",
             ),
-            ("[general]\nuser = \"\"", "general.user"),
-            ("[sockets_mgm]\ndb_timeout = 0", "sockets_mgm.db_timeout"),
+            ("[tls]\ntag = 3", "tls.tag = 3: invalid type: integer `3`, expected a map"),
+            (
+                "[tls.tag]\nx = 3",
+                "tls.tag.x = 3: invalid type: integer `3`, expected a [tls.tag.<TAG>] section",
+            ),
         ] {
             let e = err(text);
             assert!(e.contains(key), "{text:?}: {e}");
@@ -1078,14 +914,17 @@ reply_reason = "Temporarily Unavailable"
                 "[sockets_mgm]\nprocesse = 8\n",
                 &["sockets_mgm.processe", "unknown key"],
             ),
-            ("processes = 8\n", &["unknown key processes", "top level"]),
+            (
+                "processes = 8\n",
+                &["processes is outside any section", "[sockets_mgm]"],
+            ),
             (
                 "sockets_mgm = 3\n",
-                &["sockets_mgm = 3", "expected a section"],
+                &["sockets_mgm = 3", "expected a [sockets_mgm] section"],
             ),
             (
                 "[sockets_mgm]\nprocesses = \"8\"\n",
-                &["sockets_mgm.processes = \"8\"", "an integer"],
+                &["sockets_mgm.processes = \"8\"", "invalid type: string"],
             ),
             (
                 "[sockets_mgm]\nprocesses = 0\n",
@@ -1109,7 +948,7 @@ reply_reason = "Temporarily Unavailable"
             ),
             (
                 "[sockets_mgm]\nmax_sockets = 1.5\n",
-                &["sockets_mgm.max_sockets = 1.5", "integer"],
+                &["sockets_mgm.max_sockets = 1.5", "expected u32"],
             ),
             (
                 "[sockets_mgm]\ntable_name = \"socks; DROP\"\n",
@@ -1136,7 +975,10 @@ reply_reason = "Temporarily Unavailable"
             ),
             (
                 "[sockets_mgm]\ninvalid_rows = \"ignore\"\n",
-                &["sockets_mgm.invalid_rows = \"ignore\""],
+                &[
+                    "sockets_mgm.invalid_rows = \"ignore\"",
+                    "expected `reject` or `skip`",
+                ],
             ),
             (
                 "[sockets_mgm]\ndb_url = \"oracle://x\"\n",
@@ -1167,9 +1009,19 @@ reply_reason = "Temporarily Unavailable"
                 &["mi_fifo.fifo_mode = 660", "a string"],
             ),
             ("[mi_fifo]\nfifo_name = \"\"\n", &["mi_fifo.fifo_name"]),
-            ("[mi_fifo]\nowner = \"x\"\n", &["mi_fifo.owner"]),
+            (
+                "[mi_fifo]\nowner = \"x\"\n",
+                &["unknown key mi_fifo.owner (known in [mi_fifo]: fifo_name, fifo_mode"],
+            ),
             ("[shm]\npath = \"\"\n", &["shm.path"]),
-            ("[shm]\nsize = 1\n", &["shm.size"]),
+            (
+                "[shm]\nsize = 1\n",
+                &["unknown key shm.size (known in [shm]: path)"],
+            ),
+            (
+                "[sip]\ncode = 1\n",
+                &["unknown key sip.code (known in [sip]: reply_code, reply_reason)"],
+            ),
             (
                 "[sip]\nreply_code = 99\n",
                 &["sip.reply_code = 99", "100 to 699"],
@@ -1178,7 +1030,7 @@ reply_reason = "Temporarily Unavailable"
             ("[sip]\nreply_code = 70000\n", &["sip.reply_code = 70000"]),
             (
                 "[sip]\nreply_reason = \"A\\r\\nX-Evil: 1\"\n",
-                &["sip.reply_reason", "control"],
+                &["sip.reply_reason = \"A\\r\\nX-Evil: 1\"", "control"],
             ),
             ("[sockets_mgm\n", &["t.toml", "not valid TOML"]),
         ];
@@ -1204,39 +1056,21 @@ reply_reason = "Temporarily Unavailable"
             !e.contains("s3cret") && e.contains("opensips:***@h/db"),
             "{e}"
         );
-        assert_eq!(
-            redact_urls_in("a 'x://u:p@h' y://v:q@k/d\" z"),
-            "a 'x://u:***@h' y://v:***@k/d\" z"
-        );
+        // Wherever a URL lands: a type error on another key, a password with spaces and `#`.
+        for text in [
+            "[sockets_mgm]\nprocesses = \"mysql://u:s3cret@h/db\"\n",
+            "[sockets_mgm]\ndb_url = [\"mysql://u:s3 c#ret@h/db\"]\n",
+            "[sockets_mgm]\ndb_url = \"mysql://u:s3 c#ret@h/db\"\nprocesses = 0\n",
+            "[sockets_mgm]\ndb_url = \"postgres://u:s3/cret@h:99999/db\"\n",
+            "[sockets_mgm]\ndb_url = \"mysql://u:s3 c#ret@h/db\n",
+        ] {
+            let e = err(text);
+            assert!(!e.contains("s3") && !e.contains("c#ret"), "{e}");
+        }
     }
 
     #[test]
-    fn redaction() {
-        let cases = [
-            (
-                "mysql://opensips:opensipsrw@localhost/opensips",
-                "mysql://opensips:***@localhost/opensips",
-            ),
-            (
-                "mysql://opensips@localhost/opensips",
-                "mysql://opensips@localhost/opensips",
-            ),
-            (
-                "postgres://u:p@h:5432/db?sslmode=disable",
-                "postgres://u:***@h:5432/db?sslmode=disable",
-            ),
-            (
-                "postgres://u@h/db?password=x&a=b",
-                "postgres://u@h/db?password=***&a=b",
-            ),
-            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
-            ("sqlite://sipsockd.db", "sqlite://sipsockd.db"),
-            ("sqlite:///var/lib/s.db", "sqlite:///var/lib/s.db"),
-            ("garbage", "garbage"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact_url(url), want, "{url}");
-        }
+    fn the_shown_db_url_hides_the_password() {
         let s = SocketsMgm {
             db_url: "mysql://opensips:opensipsrw@localhost/opensips".into(),
             ..SocketsMgm::default()
@@ -1245,8 +1079,11 @@ reply_reason = "Temporarily Unavailable"
             s.db_url_redacted(),
             "mysql://opensips:***@localhost/opensips"
         );
-        assert_eq!(url_password(&s.db_url).as_deref(), Some("opensipsrw"));
-        assert_eq!(url_password("mysql://u@h/d"), None);
+        let debug = format!("{s:?}");
+        assert!(
+            debug.contains("opensips:***@") && !debug.contains("opensipsrw"),
+            "{debug}"
+        );
     }
 
     #[test]

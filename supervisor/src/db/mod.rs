@@ -24,11 +24,13 @@
 mod mysql_backend;
 mod pg_backend;
 mod sqlite_backend;
+pub mod url;
 
-use crate::config::{redact_url, url_password, SocketsMgm};
+use crate::config::SocketsMgm;
 use crate::row::{clean, parse_tos, RawRow};
-use std::path::PathBuf;
 use std::time::Duration;
+pub use url::Kind;
+use url::{DbUrl, Target, UrlError};
 
 /// The schema version of the sockets table in OpenSIPS' `version` table; the only one read.
 pub const TABLE_VERSION: i64 = 1;
@@ -116,59 +118,12 @@ pub enum DbError {
     },
 }
 
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// SQLite (embedded).
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    Mysql,
-}
-
-impl Kind {
-    /// The name to show in messages.
-    pub fn server(self) -> &'static str {
-        match self {
-            Kind::Sqlite => "SQLite",
-            Kind::Postgres => "PostgreSQL",
-            Kind::Mysql => "MySQL/MariaDB",
+impl From<UrlError> for DbError {
+    fn from(e: UrlError) -> DbError {
+        DbError::Url {
+            url: e.shown,
+            reason: e.reason,
         }
-    }
-}
-
-/// Where a `db_url` points.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
-    /// `sqlite://rel` (relative to the working directory) or `sqlite:///abs`.
-    Sqlite(PathBuf),
-    /// A PostgreSQL URL as the driver takes it (scheme lower-cased).
-    Postgres(String),
-    /// A MySQL URL as the driver takes it (scheme lower-cased).
-    Mysql(String),
-}
-
-fn parse_url(url: &str) -> Result<Target, DbError> {
-    let bad = |reason: &str| DbError::Url {
-        url: redact_url(url),
-        reason: reason.to_string(),
-    };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad("expected sqlite://PATH, mysql://... or postgres://..."))?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "sqlite" => {
-            if rest.is_empty() || rest == "/" {
-                return Err(bad("a sqlite URL needs a file path"));
-            }
-            Ok(Target::Sqlite(PathBuf::from(rest)))
-        }
-        "postgres" | "postgresql" => Ok(Target::Postgres(format!("postgresql://{rest}"))),
-        "mysql" => Ok(Target::Mysql(format!("mysql://{rest}"))),
-        _ => Err(bad(
-            "unsupported database (sqlite, mysql, postgres or postgresql)",
-        )),
     }
 }
 
@@ -284,11 +239,8 @@ pub struct TableInfo {
 /// An open connection to the database of `[sockets_mgm] db_url`, with the configured names.
 pub struct Database {
     backend: Box<dyn Backend>,
-    kind: Kind,
-    target: Target,
+    url: DbUrl,
     names: SocketsMgm,
-    url: String,
-    password: Option<String>,
     /// What the catalog said on this connection, until a load fails.
     info: Option<TableInfo>,
     /// A load succeeded on this connection: a link failure at the next one means the server
@@ -301,8 +253,7 @@ pub struct Database {
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Database")
-            .field("kind", &self.kind)
-            .field("url", &self.url)
+            .field("url", &self.url.shown())
             .finish_non_exhaustive()
     }
 }
@@ -320,22 +271,11 @@ impl Database {
     }
 
     fn open(cfg: &SocketsMgm, create: bool) -> Result<Database, DbError> {
-        let url = cfg.db_url_redacted();
-        let password = url_password(&cfg.db_url);
-        let target = parse_url(&cfg.db_url)?;
-        let kind = match target {
-            Target::Sqlite(_) => Kind::Sqlite,
-            Target::Postgres(_) => Kind::Postgres,
-            Target::Mysql(_) => Kind::Mysql,
-        };
         let mut db = Database {
-            // Replaced at once below; a SQLite placeholder needs no I/O.
+            // Replaced at once below; a placeholder needs no I/O.
             backend: Box::new(Closed),
-            kind,
-            target,
+            url: DbUrl::parse(&cfg.db_url)?,
             names: cfg.clone(),
-            url,
-            password,
             info: None,
             used: false,
             last_failure: std::cell::Cell::new(None),
@@ -344,32 +284,40 @@ impl Database {
         Ok(db)
     }
 
-    /// A new driver connection for `self.target`, bounded by `db_timeout`.
+    /// A new driver connection to `db_url`, bounded by `db_timeout`.
     fn open_backend(&self, create: bool) -> Result<Box<dyn Backend>, DbError> {
         let timeout = self.names.db_timeout;
-        let opened: Result<Box<dyn Backend>, Failure> =
-            match &self.target {
-                Target::Sqlite(path) => sqlite_backend::Sqlite::open(path, create, timeout)
-                    .map(|b| Box::new(b) as Box<dyn Backend>),
-                Target::Postgres(u) => pg_backend::Postgres::connect(u, timeout)
-                    .map(|b| Box::new(b) as Box<dyn Backend>),
-                Target::Mysql(u) => mysql_backend::Mysql::connect(u, timeout)
-                    .map(|b| Box::new(b) as Box<dyn Backend>),
-            };
+        let opened: Result<Box<dyn Backend>, Failure> = match self.url.target() {
+            Target::Sqlite(path) => sqlite_backend::Sqlite::open(path, create, timeout)
+                .map(|b| Box::new(b) as Box<dyn Backend>),
+            Target::Server {
+                url,
+                user,
+                password,
+            } => {
+                let (user, password) = (user.as_deref(), password.as_deref());
+                match self.kind() {
+                    Kind::Postgres => pg_backend::Postgres::connect(url, user, password, timeout)
+                        .map(|b| Box::new(b) as Box<dyn Backend>),
+                    _ => mysql_backend::Mysql::connect(url, user, password, timeout)
+                        .map(|b| Box::new(b) as Box<dyn Backend>),
+                }
+            }
+        };
         opened.map_err(|f| {
-            let reason = scrub(f.message, self.password.as_deref());
+            let reason = self.url.scrub(f.message);
             if f.kind == FailKind::Timeout {
                 DbError::Timeout {
-                    server: self.kind.server(),
+                    server: self.kind().server(),
                     step: "connection",
                     after: timeout,
                     what: "connecting".into(),
-                    url: self.url.clone(),
+                    url: self.url().to_string(),
                     reason,
                 }
             } else {
                 DbError::Connect {
-                    url: self.url.clone(),
+                    url: self.url().to_string(),
                     reason,
                 }
             }
@@ -388,30 +336,30 @@ impl Database {
 
     /// Which database this is.
     pub fn kind(&self) -> Kind {
-        self.kind
+        self.url.kind()
     }
 
     /// The URL with its password hidden: the form to print.
     pub fn url(&self) -> &str {
-        &self.url
+        self.url.shown()
     }
 
     fn query_error(&self, what: &str, failure: Failure) -> DbError {
         self.last_failure.set(Some(failure.kind));
-        let reason = scrub(failure.message, self.password.as_deref());
+        let reason = self.url.scrub(failure.message);
         if failure.kind == FailKind::Timeout {
             return DbError::Timeout {
-                server: self.kind.server(),
+                server: self.kind().server(),
                 step: "query",
                 after: self.names.db_timeout,
                 what: what.to_string(),
-                url: self.url.clone(),
+                url: self.url().to_string(),
                 reason,
             };
         }
         DbError::Query {
             what: what.to_string(),
-            url: self.url.clone(),
+            url: self.url().to_string(),
             reason,
         }
     }
@@ -420,7 +368,7 @@ impl Database {
     /// MySQL and SQLite get them quoted so a reserved word still works. PostgreSQL gets them bare,
     /// so they fold to lower case as they did when the table was created without quotes.
     fn ident(&self, name: &str) -> String {
-        match self.kind {
+        match self.kind() {
             Kind::Sqlite => format!("\"{name}\""),
             Kind::Mysql => format!("`{name}`"),
             Kind::Postgres => name.to_string(),
@@ -428,7 +376,7 @@ impl Database {
     }
 
     fn placeholder(&self, n: usize) -> String {
-        match self.kind {
+        match self.kind() {
             Kind::Postgres => format!("${n}"),
             Kind::Sqlite => format!("?{n}"),
             Kind::Mysql => "?".to_string(),
@@ -464,7 +412,7 @@ impl Database {
             .map_err(|e| self.query_error(&format!("reading the columns of table {table}"), e))?
             .ok_or_else(|| DbError::TableMissing {
                 table: table.clone(),
-                url: self.url.clone(),
+                url: self.url().to_string(),
             })?;
         let find = |name: &str| found.iter().find(|c| c.name.eq_ignore_ascii_case(name));
         for (key, column) in self.columns() {
@@ -473,7 +421,7 @@ impl Database {
                     table: table.clone(),
                     column: column.to_string(),
                     key: key.to_string(),
-                    url: self.url.clone(),
+                    url: self.url().to_string(),
                 });
             }
         }
@@ -519,7 +467,7 @@ impl Database {
                 return Err(DbError::VersionMismatch {
                     table,
                     found: v.unwrap_or_else(|| "NULL".into()),
-                    url: self.url.clone(),
+                    url: self.url().to_string(),
                 });
             }
         }
@@ -579,7 +527,7 @@ impl Database {
                     log::debug!(
                         "reading table {} failed ({}); looking again",
                         self.names.table_name,
-                        scrub(f.message, self.password.as_deref())
+                        self.url.scrub(f.message)
                     );
                 }
                 Err(f) => return Err(self.query_error(&what, f)),
@@ -634,7 +582,7 @@ impl Database {
             .columns(&table)
             .map_err(|e| self.query_error(&what, e))?
             .is_some();
-        let ddl = schema(self.kind, &self.names);
+        let ddl = schema(self.kind(), &self.names);
         self.backend
             .batch(&ddl)
             .map_err(|e| self.query_error(&what, e))?;
@@ -645,7 +593,7 @@ impl Database {
             v = self.ident("version"),
             n = self.ident("table_name"),
             tv = self.ident("table_version"),
-            dual = if self.kind == Kind::Mysql { " FROM DUAL" } else { "" },
+            dual = if self.kind() == Kind::Mysql { " FROM DUAL" } else { "" },
         );
         let added = self
             .backend
@@ -686,7 +634,7 @@ impl Database {
             columns.join(", "),
             marks.join(", ")
         );
-        if info.has_id && self.kind == Kind::Postgres {
+        if info.has_id && self.kind() == Kind::Postgres {
             sql.push_str(" RETURNING id");
         }
         self.backend
@@ -750,7 +698,8 @@ impl Backend for Closed {
 /// When `db_url` is a SQLite file that does not exist, create it with the empty table (so a fresh
 /// machine can run the default configuration). True when the file was created.
 pub fn ensure_sqlite_default(cfg: &SocketsMgm) -> Result<bool, DbError> {
-    let Target::Sqlite(path) = parse_url(&cfg.db_url)? else {
+    let url = DbUrl::parse(&cfg.db_url)?;
+    let Target::Sqlite(path) = url.target() else {
         return Ok(false);
     };
     if path.exists() {
@@ -837,37 +786,6 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     msg
-}
-
-/// `msg` with every occurrence of the password (as written and percent-decoded) replaced by `***`:
-/// drivers may echo their connection string.
-fn scrub(msg: String, password: Option<&str>) -> String {
-    let Some(p) = password else { return msg };
-    let mut msg = msg.replace(p, "***");
-    let decoded = percent_decode(p);
-    if decoded != p && !decoded.is_empty() {
-        msg = msg.replace(&decoded, "***");
-    }
-    msg
-}
-
-fn percent_decode(s: &str) -> String {
-    let hex = |b: u8| (b as char).to_digit(16);
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -59,13 +59,21 @@ fn classify(e: &mysql::Error) -> Failure {
 }
 
 impl Mysql {
-    pub(super) fn connect(url: &str, timeout: Duration) -> Result<Mysql, Failure> {
+    /// Connect to `url` (no user info in it) as `user` with `password`.
+    pub(super) fn connect(
+        url: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Mysql, Failure> {
         let opts = Opts::from_url(url).map_err(|e| Failure::link(chain(&e)))?;
         // The driver would otherwise ask a server reached on 127.0.0.1 for its Unix socket and
         // reconnect there: past a local proxy or port forward the URL names on purpose. The URL
         // may still ask for it with `prefer_socket=true`.
         let prefer_socket = url.contains("prefer_socket=") && opts.get_prefer_socket();
         let opts = OptsBuilder::from_opts(opts)
+            .user(user)
+            .pass(password)
             .prefer_socket(prefer_socket)
             .tcp_connect_timeout(Some(timeout))
             .read_timeout(Some(timeout))

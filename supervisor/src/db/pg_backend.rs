@@ -65,10 +65,22 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
 }
 
 impl Postgres {
-    pub(super) fn connect(url: &str, timeout: Duration) -> Result<Postgres, Failure> {
+    /// Connect to `url` (no user info in it) as `user` with `password`.
+    pub(super) fn connect(
+        url: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Postgres, Failure> {
         let mut config: Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| Failure::link(chain(&e)))?;
+        if let Some(user) = user {
+            config.user(user);
+        }
+        if let Some(password) = password {
+            config.password(password);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
