@@ -709,16 +709,37 @@ instr_missing() { # KEY WHY: sipsockd's or min_responder's figure fails the run;
     esac
 }
 
-# KEY DIR: the serving process's instruction count from its callgrind profile
-cg_count() {
-    local k=$1 d=$2 files
+# KEY DIR: the callgrind profile of the serving process (exactly one, else nothing)
+cg_file() {
+    local k=$1 d=$2 files f
     case $k in
     sd) files=$(grep -l '^cmd:.* worker --kind udp' "$d"/cg.* 2>/dev/null) ;;
     kamfm | kamqm) files=$(grep -l 'receive_msg' "$d"/cg.* 2>/dev/null) ;;
     minr) files=$(for f in "$d"/cg.*; do [ -e "$f" ] && [ "$f" != "$d/cg.${IPID[minr]}" ] && echo "$f"; done) ;;
     esac
-    [ "$(echo "$files" | grep -c .)" = 1 ] || return 1
-    awk '/^(summary|totals):/ {print $2; exit}' "$files"
+    [ "$(echo "$files" | grep -c .)" = 1 ] && echo "$files"
+}
+cg_total() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; } # FILE: its instructions
+
+cg_top() { # FILE: the 12 functions with the most self instructions, "PERCENT|NAME" a line
+    command -v callgrind_annotate >/dev/null || return 0
+    # One line per source file and function: inlined copies are summed under the function's
+    # name; the object is named only when it is a shared library.
+    callgrind_annotate --inclusive=no --auto=no "$1" 2>/dev/null | awk '
+        /file:function$/ {on = 1; next}
+        on && /^ *$/ {exit}
+        on && match($0, /\( *[0-9.]+%\)/) {
+            pct = substr($0, RSTART + 1, RLENGTH - 3); gsub(/ /, "", pct)
+            name = substr($0, RSTART + RLENGTH); sub(/^ +/, "", name); sub(/^[^:]*:/, "", name)
+            if (match(name, / \[[^]]*\]$/)) {
+                k = split(substr(name, RSTART + 2, RLENGTH - 3), parts, "/")
+                name = substr(name, 1, RSTART - 1)
+                if (parts[k] ~ /\.so(\.[0-9]+)*$/) name = name " (" parts[k] ")"
+            }
+            gsub(/\|/, "\\|", name)
+            sum[name] += pct
+        }
+        END {for (n in sum) printf "%.2f|%s\n", sum[n], n}' | sort -t'|' -k1,1gr | head -12
 }
 
 # KEY: the pid to attach perf to (native run, after a warm-up)
@@ -740,7 +761,7 @@ perf_pid() {
 }
 
 run_instructions() {
-    local keys="" k n d n1 n2 lp=() i1 i2 a1 a2 ppid
+    local keys="" k n d f n1 n2 lp=() i1 i2 a1 a2 ppid
     instr_tools || return 0
     [ "$WITH_SIPSOCKD" = 1 ] && keys="sd"
     if kam_ok; then for a in $KAM_ALLOCS; do keys="$keys kam$a"; done; fi
@@ -795,7 +816,11 @@ run_instructions() {
             if [ "$COUNTER" = perf ]; then
                 i1=$(awk -F, -v e="$PERF_EVENT" '$3 == e && $1 ~ /^[0-9]+$/ {print $1}' "$d/perf.csv" 2>/dev/null)
             else
-                i1=$(cg_count "$k" "$d")
+                i1=""
+                if f=$(cg_file "$k" "$d"); then
+                    i1=$(cg_total "$f")
+                    [ "$n" = "$n2" ] && cg_top "$f" >"$RES/top_$k"
+                fi
             fi
             if [ -z "$i1" ]; then
                 instr_missing "$k" "no instruction count for the serving process (see $d)"
@@ -846,6 +871,15 @@ report_instructions() {
     v=$(cat "$RES/instr_sd" 2>/dev/null)
     echo "sipsockd: $(or_dash "$(thou "$v")") instructions per request; target: <= 12,000 ($(verdict "$v" le 12000))."
     echo
+    for k in sd kamfm; do
+        [ -s "$RES/top_$k" ] || continue
+        echo "Where the instructions of $(instr_label "$k") go: the functions with the most self instructions (callgrind_annotate --inclusive=no on the long run, start-up included):"
+        echo
+        echo "| % of the process | function |"
+        echo "|---|---|"
+        awk -F'|' '{name = $0; sub(/^[^|]*\|/, "", name); printf "| %s | `%s` |\n", $1, name}' "$RES/top_$k"
+        echo
+    done
 }
 
 status_instructions() {
