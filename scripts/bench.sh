@@ -1315,6 +1315,7 @@ status_row() { # TARGET FIGURE VERDICT COMMAND
 }
 
 T0=$SECONDS
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A TOOK=()
 for s in $SECTIONS; do
     t=$SECONDS
@@ -1325,7 +1326,7 @@ done
 {
     echo "# sipsockd benchmarks ($(date -u +%Y-%m-%d)$( [ "$SMOKE" = 1 ] && echo ", SMOKE run: small figures, not meaningful"))"
     echo
-    echo "Machine: $(nproc) CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo). sipsockd $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' (with local changes)'). Kamailio: ${KAM_VERSION:-not run}."
+    echo "Machine: $(nproc) CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo). sipsockd $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD -- 2>/dev/null || echo ' (with local changes)'). Kamailio: ${KAM_VERSION:-not run}. Load average (1, 5, 15 min) before the run: $LOAD0, after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine makes rates noisy; instruction counts do not move)."
     echo
     echo "## Status against the targets"
     echo
