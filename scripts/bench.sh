@@ -222,10 +222,12 @@ thou() { # N: rounded, with thousands separators
 }
 put() { [ -z "$2" ] || echo "$2" >>"$RES/$1"; } # KEY VALUE: one more sample (none when empty)
 or_dash() { echo "${1:--}"; }
-med_range() { # KEY: "median (min-max)", or "-" without samples
+med_range() { # KEY DECIMALS: "median (min-max)" to DECIMALS places, or "-" without samples
     local m
     m=$(med "$1")
-    if [ -z "$m" ]; then echo "-"; else echo "$m ($(range "$1"))"; fi
+    if [ -z "$m" ]; then echo "-"; return; fi
+    sort -g "$RES/$1" | awk -v m="$m" -v d="$2" 'NR == 1 {lo = $1} {hi = $1}
+        END {f = "%." d "f"; printf f " (" f "-" f ")\n", m, lo, hi}'
 }
 # VERDICT FIGURE OP TARGET: "met" / "missed" (OP: le, lt, ge), "not measured" without a figure.
 verdict() {
@@ -669,7 +671,7 @@ instr_start() {
         local envs=()
         [ "$COUNTER" = callgrind ] && envs=("LD_PRELOAD=$VG_SHIM" SIPSOCKD_VG_KIND=udp
             "SIPSOCKD_VG_ARGS=--tool=callgrind --callgrind-out-file=$d/cg.%p --dump-line=no")
-        sd_config "instr-$(basename "$d")" 1 10 "sqlite://$d/sd.db" 1
+        sd_config "instr-$(basename "$(dirname "$d")")" 1 10 "sqlite://$d/sd.db" 1
         if "$BIN" --config "$SD_CFG" db init >/dev/null 2>"$SD_DIR/init.err" &&
             "$BIN" --config "$SD_CFG" db add "udp:127.0.0.1:$I_SIPS_PORT" >/dev/null 2>>"$SD_DIR/init.err" &&
             sd_start "${envs[@]}"; then
@@ -1041,16 +1043,20 @@ report_reload() {
     local B row what target t floor
     echo "## Reload: sockets_reload, request to reply over the MI FIFO (ms; median, range), sipsockd processes=2"
     echo
-    echo "Rows inserted with each database's own client, then one \`sockets_reload\` timed by scripts/bench/mi_time.py (the reply FIFO is open before the request is written). $RUNS add/remove cycles; the one-row change (one socket moved to another port, and back) and the no-op are timed $((RUNS * 2)) and $RUNS times among $BIG. The bare bind loop: min_responder --bind-only (socket + bind + O_NONBLOCK for each address)."
+    echo "Rows inserted with each database's own client, then one \`sockets_reload\` timed by scripts/bench/mi_time.py (the reply FIFO is open before the request is written). $RUNS add/remove cycles; the one-row change (one socket moved to another port, and back) and the no-op are timed $((RUNS * 2)) and $RUNS times among $(thou "$BIG"). The bare bind loop: min_responder --bind-only (socket + bind + O_NONBLOCK for each address)."
     echo
     printf '| change | target (SQLite) |'
-    for B in ${BACKENDS:-sqlite}; do printf ' %s |' "$B"; done
+    for B in ${BACKENDS:-sqlite}; do
+        case $B in sqlite) printf ' SQLite |' ;; pg) printf ' PostgreSQL |' ;; mysql) printf ' MariaDB |' ;; esac
+    done
     echo " bare bind loop |"
     printf '|---|---|'
     for B in ${BACKENDS:-sqlite}; do printf -- '---|'; done
     echo "---|"
     floor=$(grep -o '"median_ms": [0-9.]*' "$RES/floor.json" 2>/dev/null | awk '{print $2}')
-    for row in "add:$BIG new sockets (from none):60" "change:one-row change among $BIG:5" "noop:no-op reload among $BIG:5" "remove:remove $BIG (to none):"; do
+    local big
+    big=$(thou "$BIG")
+    for row in "add:$big new sockets (from none):60" "change:one-row change among $big:5" "noop:no-op reload among $big:5" "remove:remove $big (to none):"; do
         IFS=: read -r what t target <<<"$row"
         if [ -n "$target" ]; then
             target="< $target ms: $(verdict "$(med "reload_sqlite_$what")" lt "$target")"
@@ -1059,7 +1065,7 @@ report_reload() {
             target="-"
         fi
         printf '| %s | %s |' "$t" "$target"
-        for B in ${BACKENDS:-sqlite}; do printf ' %s |' "$(med_range "reload_${B}_$what")"; done
+        for B in ${BACKENDS:-sqlite}; do printf ' %s |' "$(med_range "reload_${B}_$what" 1)"; done
         [ "$what" = add ] && echo " $(or_dash "$floor") |" || echo " - |"
     done
     echo
@@ -1071,7 +1077,7 @@ status_reload() {
     for row in "add:reload adding 10,000 new UDP sockets (SQLite) < 60 ms:60" "change:one-row change among 10,000 (SQLite) < 5 ms:5" "noop:no-op reload among 10,000 (SQLite) < 5 ms:5"; do
         IFS=: read -r what t target <<<"$row"
         if [ "$BIG" = 10000 ]; then
-            status_row "$t" "$(med_range "reload_sqlite_$what") ms (PostgreSQL $(med_range "reload_pg_$what"), MariaDB $(med_range "reload_mysql_$what"))" \
+            status_row "$t" "$(med_range "reload_sqlite_$what" 1) ms (PostgreSQL $(med_range "reload_pg_$what" 1), MariaDB $(med_range "reload_mysql_$what" 1))" \
                 "$(verdict "$(med "reload_sqlite_$what")" lt "$target")" "scripts/bench.sh --only reload"
         else
             status_row "$t" "(measured with $BIG sockets only)" "not measured" "scripts/bench.sh --only reload"
