@@ -43,7 +43,7 @@
 #
 # Bounds: traffic only to 127.0.0.0/8; every load run is bounded in count and time; every wait has
 # a deadline; every process started here is stopped on exit (trap), by its pid; scratch databases
-# are dropped. The full run takes about 8 minutes after the build on a 2-core machine.
+# are dropped. The full run takes about 7 minutes after the build on a 2-core machine.
 #
 # Adding a section NAME: write run_NAME (measures; `put KEY VALUE` stores a sample under $RES,
 # `fail WHY` marks a missing sipsockd figure, `peer_note WHY` a peer that could not be measured),

@@ -138,8 +138,9 @@ int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t 
     return spawn_wrapped("posix_spawnp", pid, file, fa, attr, argv, envp);
 }
 
-/* After fork: replace the exec. No allocation-free guarantee is needed here: the supervisor
- * forks from its single spawning thread (see supervisor/src/pool.rs). */
+/* After fork (Rust's fallback when it cannot use posix_spawn): replace the exec. This allocates
+ * in the child, which glibc allows (its fork takes the allocator's locks and resets them in the
+ * child); the path is not taken today, where Rust spawns the workers with posix_spawn. */
 static int exec_wrapped(const char *path, char *const argv[], char *const envp[])
 {
     typedef int (*execvpe_fn)(const char *, char *const[], char *const[]);
