@@ -218,17 +218,14 @@ fn a_killed_supervisor_takes_its_workers_along_and_a_new_run_starts_cleanly() {
         "the stale FIFO and shm are the point of this test"
     );
     // The port is free again once the workers are gone; a new run takes over the stale files.
-    let mut again = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
+    let mut again = sipsockd_command(&["--config".as_ref(), config.as_os_str(), "run".as_ref()])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let t0 = Instant::now();
     loop {
         let out = d.cli(&["mi", "--timeout", "2", "sockets_status"]);
-        if out.status.success() {
+        if out.success() {
             break;
         }
         assert!(again.try_wait().unwrap().is_none(), "the new run exited");
@@ -248,18 +245,16 @@ fn an_open_file_limit_too_low_for_max_sockets_is_a_clear_error_at_start() {
             ..Opts::default()
         },
     );
-    assert!(d.cli(&["db", "init"]).status.success());
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 256 && exec {} --config {} run",
-            bin(),
-            d.config.display()
-        ))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    d.cli(&["db", "init"]).ok();
+    // `sipsockd run` under `ulimit -n 256`.
+    let run = d.command(&["run"]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 256 && exec \"$@\"")
+        .arg("sh")
+        .arg(run.get_program())
+        .args(run.get_args());
+    let err = Run::of(&mut cmd).code(1).stderr;
     assert!(
         err.contains("open-file limit") && err.contains("max_sockets"),
         "{err}"
