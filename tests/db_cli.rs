@@ -3,8 +3,8 @@
 
 mod common;
 
-use serde_json::{json, Value};
 use common::{sipsockd, Run, ScratchDb, Server, TempDir};
+use serde_json::{json, Value};
 
 /// A test directory with a configuration file pointing at `db_url` (plus `extra` keys of
 /// `[sockets_mgm]`), and a way to run the binary with it.

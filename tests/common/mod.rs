@@ -129,7 +129,10 @@ pub fn hold_udp_ports(ip: &str, n: usize) -> HeldPorts {
 
 impl HeldPorts {
     pub fn ports(&self) -> Vec<u16> {
-        self.0.iter().map(|s| s.local_addr().unwrap().port()).collect()
+        self.0
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect()
     }
 }
 
