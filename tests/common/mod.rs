@@ -628,6 +628,11 @@ impl Traffic {
         t
     }
 
+    /// How many requests were answered so far.
+    pub fn answered(&self) -> u32 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
     fn wait_beyond(&self, n: u32, what: &str) {
         let t0 = Instant::now();
         while self.answered.load(Ordering::Relaxed) <= n {
@@ -817,4 +822,56 @@ impl Drop for ScratchDb {
             }
         }
     }
+}
+
+// ---- looking into a daemon's processes --------------------------------------------------------
+
+/// A copy of the socket bound to `addr` that process `pid` holds (`pidfd_getfd`, Linux 5.6; the
+/// tests run as the daemon's user or root, which may), or `None` when it holds none.
+pub fn socket_of(pid: u32, addr: SocketAddr) -> Option<std::os::fd::OwnedFd> {
+    let pidfd = pidfd_open(pid).unwrap_or_else(|e| panic!("pidfd_open({pid}): {e}"));
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let entry = entry.ok()?;
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        let Some(n) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // Gone meanwhile: not the one.
+        let Ok(fd) = pidfd_getfd(&pidfd, n) else {
+            continue;
+        };
+        let sock = UdpSocket::from(fd);
+        if sock.local_addr().is_ok_and(|a| a == addr) {
+            return Some(sock.into());
+        }
+    }
+    None
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours; a non-negative
+    // result is a new fd nothing else owns, handed to the OwnedFd at once.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above: `r` is an fd just opened for us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, n: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: pidfd_getfd duplicates fd `n` of the process `pidfd` names into this one; it reads
+    // no memory of ours, and a non-negative result is a new fd nothing else owns.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above: `r` is an fd just installed for us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
 }
