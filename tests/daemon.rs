@@ -166,7 +166,7 @@ fn tag_advertised_and_tos_change_in_place_under_traffic_without_losing_a_datagra
         let socket = socket_of(pid, udp("127.0.0.1", port))
             .unwrap_or_else(|| panic!("worker {pid} holds no socket on port {port}"));
         let got = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::IpTos).unwrap();
-        assert_eq!(got, i32::from(tos), "IP_TOS of worker {pid}'s socket");
+        assert_eq!(got, tos, "IP_TOS of worker {pid}'s socket");
     }
     let c = client("127.0.0.1");
     let reply = options(&c, udp("127.0.0.1", port), 99_999).unwrap();
