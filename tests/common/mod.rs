@@ -853,25 +853,25 @@ pub fn socket_of(pid: u32, addr: SocketAddr) -> Option<std::os::fd::OwnedFd> {
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours; a non-negative
-    // result is a new fd nothing else owns, handed to the OwnedFd at once.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above: `r` is an fd just opened for us.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) })
 }
 
 fn pidfd_getfd(pidfd: &std::os::fd::OwnedFd, n: i32) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsRawFd;
     // SAFETY: pidfd_getfd duplicates fd `n` of the process `pidfd` names into this one; it reads
-    // no memory of ours, and a non-negative result is a new fd nothing else owns.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
-    if r < 0 {
+    // no memory of ours.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) })
+}
+
+/// The fd a system call just returned, or its error.
+fn owned(r: libc::c_long) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = i32::try_from(r).map_err(|_| std::io::Error::last_os_error())?;
+    if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: as above: `r` is an fd just installed for us.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r as i32) })
+    // SAFETY: a non-negative result of pidfd_open / pidfd_getfd is a new fd of this process that
+    // nothing else owns; the OwnedFd is its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

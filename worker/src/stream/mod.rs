@@ -36,6 +36,8 @@
 
 mod conn;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod timers;
 mod tls;
