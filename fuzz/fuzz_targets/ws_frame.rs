@@ -2,8 +2,11 @@
 //! worker/src/stream/conn.rs through `worker::stream::fuzzing::Connection`): the opening
 //! handshake through the worker's upgrade check, then tungstenite's frame decoding with the
 //! worker's settings, the keep-alive test and the `Responder`, replies written back as frames.
-//! The peer is a real TCP socket on loopback that sends the fuzzer's bytes in pieces, split where
-//! the fuzzer says, the worker's connection being driven after each piece as its event loop does.
+//! The peer is the other end of a Unix stream socket pair (the worker reads and writes it as it
+//! does an accepted TCP socket; unlike TCP on loopback, a write is in the peer's queue when it
+//! returns, so every run sees exactly the pieces it sent). It sends the fuzzer's bytes in pieces,
+//! split where the fuzzer says, the worker's connection being driven after each piece as its
+//! event loop does.
 //!
 //! Input layout: byte 0 = flags (bit 0: a valid upgrade request is put before the payload, so
 //! that the fuzzer works on frames; bits 1..=2: the worker's `max_message_size` among 256, 1024,
@@ -21,7 +24,9 @@
 use libfuzzer_sys::fuzz_target;
 use shm::{Attached, Proto, Table, WorkerKind};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, WebSocket};
@@ -43,11 +48,6 @@ const REFUSED: &str = "websocket upgrade refused";
 fn debug() -> bool {
     static D: OnceLock<bool> = OnceLock::new();
     *D.get_or_init(|| std::env::var_os("WS_FRAME_DEBUG").is_some())
-}
-
-fn listener() -> &'static TcpListener {
-    static L: OnceLock<TcpListener> = OnceLock::new();
-    L.get_or_init(|| TcpListener::bind("127.0.0.1:0").expect("a loopback listener"))
 }
 
 /// The shared table of one stream worker, as the worker attaches it (the file is unlinked at
@@ -87,19 +87,20 @@ struct Pair {
     conn: Connection,
     /// The worker's socket, to see whether input waits for it.
     probe: TcpStream,
-    client: TcpStream,
+    client: UnixStream,
     seen: Seen,
 }
 
 impl Pair {
     fn new(max_head: usize) -> Pair {
-        let client = TcpStream::connect(listener().local_addr().unwrap()).unwrap();
-        client.set_nodelay(true).unwrap();
+        let (server, client) = UnixStream::pair().expect("a socket pair");
         client.set_nonblocking(true).unwrap();
-        let (server, _) = listener().accept().unwrap();
-        let probe = server.try_clone().unwrap();
+        // The worker's side as the worker holds an accepted socket: a TcpStream over the fd.
+        let probe = TcpStream::from(OwnedFd::from(server.try_clone().unwrap()));
+        let server = TcpStream::from(OwnedFd::from(server));
+        let peer = SocketAddr::from(([192, 0, 2, 7], 50_000));
         let responder = Responder::new(503, "Service Unavailable");
-        let conn = Connection::new(Proto::Ws, server, max_head, responder, CONTACT).unwrap();
+        let conn = Connection::new(Proto::Ws, server, peer, max_head, responder, CONTACT).unwrap();
         Pair {
             conn,
             probe,
@@ -143,7 +144,11 @@ impl Pair {
             if self.seen.end.is_some() {
                 return;
             }
-            match self.conn.drive(shm()) {
+            let driven = self.conn.drive(shm());
+            if debug() {
+                eprintln!("  drive: {driven:?}, counters {:?}", counters());
+            }
+            match driven {
                 Driven::More => {}
                 Driven::Closed { why, .. } => {
                     // As the worker does before dropping it; everything it wrote is read
@@ -165,6 +170,9 @@ impl Pair {
 
     /// Send `piece`, driving the worker whenever the socket takes no more.
     fn send(&mut self, mut piece: &[u8]) {
+        if debug() {
+            eprintln!(" send {} bytes", piece.len());
+        }
         while !piece.is_empty() && self.seen.end.is_none() {
             match self.client.write(piece) {
                 Ok(n) => piece = &piece[n..],

@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets of `fuzz/` (not an API): the real connection code and the
 //! real framing of a stream worker, reachable from outside the crate with nothing copied.
 //!
-//! [`Connection`] is a [`Conn`] of a `tcp` or `ws` socket over an accepted TCP stream, driven
+//! [`Connection`] is a [`Conn`] of a `tcp` or `ws` socket over a connected stream socket, driven
 //! exactly as the worker's event loop drives it (same [`Ctx`], same WebSocket settings);
 //! [`Deframer`] is the input side every SIP-over-stream connection uses.
 
@@ -43,12 +43,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection accepted on a `proto` socket (`tcp` or `ws`: no TLS) with the worker's
-    /// `max_message_size` of `max_head`; `stream` is made non-blocking. `contact` is the socket's
-    /// advertised `host:port`.
+    /// A connection from `peer` accepted on a `proto` socket (`tcp` or `ws`: no TLS) with the
+    /// worker's `max_message_size` of `max_head`; `stream` is made non-blocking. `contact` is the
+    /// socket's advertised `host:port`. `stream` may be any connected stream socket: a fuzz
+    /// target uses one end of a Unix socket pair, which delivers each write before it returns.
     pub fn new(
         proto: Proto,
         stream: std::net::TcpStream,
+        peer: std::net::SocketAddr,
         max_head: usize,
         responder: Responder,
         contact: &str,
@@ -59,7 +61,6 @@ impl Connection {
                 format!("a {proto} connection needs TLS"),
             ));
         }
-        let peer = stream.peer_addr()?;
         stream.set_nonblocking(true)?;
         let link = Link::Plain(mio::net::TcpStream::from_std(stream));
         let max_head = max_head.max(1);
