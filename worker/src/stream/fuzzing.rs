@@ -138,6 +138,8 @@ impl Deframer {
 
     /// The next ping or message, `Ok(None)` when more bytes are needed, `Err` when the stream
     /// cannot be framed.
+    // The worker's own name for it; an item borrows the buffer, so this cannot be an Iterator.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Item<'_>>, ParseError> {
         self.0.next()
     }
