@@ -1,7 +1,7 @@
 //! Started as root with `[general] user`, the daemon and its workers run as that user, and a
-//! reload after the drop can still bind a port below 1024: the supervisor keeps CAP_NET_BIND_SERVICE
-//! and nothing else, its bounding set holds nothing else either, and the workers have no
-//! capability. Read from `/proc/PID/status` (`CapEff`, `CapPrm`, `CapBnd`).
+//! reload after the drop can still bind a port below 1024: the supervisor keeps
+//! CAP_NET_BIND_SERVICE and nothing else, its bounding set holds nothing else either, and the
+//! workers have no capability. Read from `/proc/PID/status` (`CapEff`, `CapPrm`, `CapBnd`).
 //! Needs root: CI runs as root; elsewhere the test is recorded as skipped (`skip`).
 
 mod common;

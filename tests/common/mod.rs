@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// Generous: the machine is shared and noisy; tests wait on events, these only bound the wait.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
-// ---- a scratch directory ----------------------------------------------------------------------
+// ---- a scratch directory -----------------------------------------------------------------------
 
 /// A scratch directory (`tempfile`), removed on drop.
 pub struct TempDir(tempfile::TempDir);
@@ -50,7 +50,7 @@ impl TempDir {
     }
 }
 
-// ---- running the binary -----------------------------------------------------------------------
+// ---- running the binary ------------------------------------------------------------------------
 
 /// The one way these tests start the binary: `sipsockd ARGS`, logging at `warn`, no input. The
 /// caller adds what it needs (environment, output, working directory) and runs it.
@@ -107,7 +107,7 @@ pub fn sipsockd(dir: &Path, args: &[&str]) -> Run {
     Run::of(sipsockd_command(args).current_dir(dir))
 }
 
-// ---- ports ------------------------------------------------------------------------------------
+// ---- ports -------------------------------------------------------------------------------------
 
 /// A free UDP port on `ip` (bound then released; the kernel does not hand it out again at once).
 /// For several ports at once use [`hold_udp_ports`]: two calls may return the same port.
@@ -145,7 +145,7 @@ pub fn free_tcp_port(ip: &str) -> u16 {
         .port()
 }
 
-// ---- peers ------------------------------------------------------------------------------------
+// ---- peers -------------------------------------------------------------------------------------
 
 /// True when `tool` is on the PATH; otherwise [`skip`]s `test` (fails it under CI) and is false.
 pub fn have_tool(test: &str, tool: &str) -> bool {
@@ -169,7 +169,7 @@ pub fn have_root(test: &str) -> bool {
     root
 }
 
-// ---- a daemon under test ----------------------------------------------------------------------
+// ---- a daemon under test -----------------------------------------------------------------------
 
 /// What a test daemon is started with.
 pub struct Opts {
@@ -466,7 +466,7 @@ pub fn read_all(mut r: impl Read) -> String {
     s
 }
 
-// ---- streams (TCP, TLS, WS) ---------------------------------------------------------------------
+// ---- streams (TCP, TLS, WS) --------------------------------------------------------------------
 
 /// An OPTIONS for a stream transport (`TCP`, `TLS`, `WS`, `WSS` in the Via).
 pub fn stream_options(transport: &str, from: SocketAddr, to: SocketAddr, n: u32) -> String {
@@ -534,7 +534,7 @@ pub fn closed_by_peer(s: &mut std::net::TcpStream) -> bool {
     }
 }
 
-// ---- more of a daemon: structured MI, what runs, traffic -----------------------------------------
+// ---- more of a daemon: structured MI, what runs, traffic ---------------------------------------
 
 /// `Daemon::start` with more keys in `[sockets_mgm]` (e.g. `db_timeout = 1`).
 pub fn start_with_mgm(name: &str, opts: Opts, mgm: &str) -> Daemon {
@@ -658,7 +658,7 @@ impl Traffic {
     }
 }
 
-// ---- scratch databases on real servers --------------------------------------------------------
+// ---- scratch databases on real servers ---------------------------------------------------------
 
 /// Default PostgreSQL of the development machines and CI (trust auth).
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -824,7 +824,7 @@ impl Drop for ScratchDb {
     }
 }
 
-// ---- looking into a daemon's processes --------------------------------------------------------
+// ---- looking into a daemon's processes ---------------------------------------------------------
 
 /// A copy of the socket bound to `addr` that process `pid` holds (`pidfd_getfd`, Linux 5.6; the
 /// tests run as the daemon's user or root, which may), or `None` when it holds none.
