@@ -5,8 +5,6 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn slots(dump: &Value) -> Vec<Value> {
@@ -60,9 +58,38 @@ fn other_requests_get_the_configured_reply_and_ack_gets_nothing() {
     assert!(reply.starts_with("SIP/2.0 480 Gone Fishing\r\n"), "{reply}");
     let ack = options_request(from, to, 8).replace("OPTIONS", "ACK");
     c.send_to(ack.as_bytes(), to).unwrap();
-    // An OPTIONS sent after the ACK is answered first: the ACK got nothing.
-    let reply = options(&c, to, 9).expect("reply to OPTIONS");
-    assert!(reply.contains("call-9@test"));
+    // The ACK taken and answered by nothing: the workers count it received and dropped once they
+    // are done with it, after any reply would have been sent...
+    let sum = |dump: &Value, key: &str| -> u64 {
+        dump["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w[key].as_u64().unwrap())
+            .sum()
+    };
+    let dump = d.wait_dump("the ACK counted", |dump| sum(dump, "received") == 2);
+    assert_eq!(
+        (sum(&dump, "replied"), sum(&dump, "dropped")),
+        (1, 1),
+        "the INVITE answered, the ACK dropped: {dump:#}"
+    );
+    // ...and no datagram at all, whatever its Call-ID, reaches the client.
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 65536];
+    match c.recv_from(&mut buf) {
+        Ok((n, from)) => panic!(
+            "a datagram from {from} after the ACK: {}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
 }
 
 #[test]
@@ -80,70 +107,71 @@ fn reload_removes_and_the_port_is_free_when_the_reply_arrives() {
 }
 
 #[test]
-fn tag_and_advertised_change_in_place_without_losing_a_datagram() {
+fn tag_advertised_and_tos_change_in_place_under_traffic_without_losing_a_datagram() {
     let d = Daemon::start("inplace", Opts::default());
     let port = free_udp_port("127.0.0.1");
     let sock = format!("udp:127.0.0.1:{port}");
     d.add(&sock, &["--tag", "before"]);
     d.reload_ok();
     let slot_before = slot_of(&d.dump(), &sock).unwrap()["index"].clone();
+    let db = rusqlite::Connection::open(d.dir.path().join("s.db")).unwrap();
 
-    // A stream of OPTIONS across the reload: every one must be answered.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let c = client("127.0.0.1");
-            let to = udp("127.0.0.1", port);
-            let mut n = 0u32;
-            let mut lost = Vec::new();
-            let t0 = Instant::now();
-            while !stop.load(Ordering::Relaxed) && t0.elapsed() < DEADLINE && n < 20_000 {
-                n += 1;
-                if options(&c, to, n).is_none() {
-                    lost.push(n);
-                }
-            }
-            (n, lost)
-        })
-    };
-    std::thread::sleep(Duration::from_millis(100)); // let the stream run before the change
-    d.rm(&sock);
-    d.add(
-        &sock,
-        &[
-            "--tag",
-            "after",
-            "--advertised",
-            "192.0.2.7",
-            "--tos",
-            "IPTOS_LOWDELAY",
-            "--flags",
-            "frag",
-        ],
-    );
-    d.reload_ok();
-    std::thread::sleep(Duration::from_millis(100)); // and after it
-    stop.store(true, Ordering::Relaxed);
-    let (sent, lost) = sender.join().unwrap();
-    assert!(sent > 2, "the stream did not run");
-    assert!(
-        lost.is_empty(),
-        "{} of {sent} OPTIONS lost across the reload: {lost:?}",
-        lost.len()
-    );
+    // Traffic before the change (`start` returns once a request was answered)...
+    let traffic = Traffic::start(&[port]);
+    // ...during: an in-place change whose reload saw answers come back while it was in flight.
+    // The traffic is a thread on a shared machine, so a reload may fall between two answers:
+    // then the other of two changes is applied, each reload an in-place update, at most 10.
+    let changes = [
+        ("after-a", "192.0.2.7", 0x10),
+        ("after-b", "192.0.2.8", 0x08),
+    ];
+    let mut overlapped = None;
+    for attempt in 0..10 {
+        let (tag, advertised, tos) = changes[attempt % 2];
+        db.execute(
+            "UPDATE sockets SET tag = ?1, advertised = ?2, tos = ?3, flags = 'frag' \
+             WHERE socket = ?4",
+            rusqlite::params![tag, advertised, tos.to_string(), sock],
+        )
+        .unwrap();
+        let answered = traffic.answered();
+        d.reload_ok();
+        if traffic.answered() > answered {
+            overlapped = Some(changes[attempt % 2]);
+            break;
+        }
+    }
+    let (tag, advertised, tos) = overlapped.expect("no answer came during any of 10 reloads");
+    // ...and after it; every request was answered.
+    traffic.finish("in-place reloads");
 
     let slot = slot_of(&d.dump(), &sock).unwrap();
     assert_eq!(
         slot["index"], slot_before,
         "the socket moved to another slot: it was rebound"
     );
-    assert_eq!(slot["tag"], "after");
-    assert_eq!(slot["advertised"], format!("192.0.2.7:{port}"));
+    assert_eq!(slot["tag"], tag);
+    assert_eq!(slot["advertised"], format!("{advertised}:{port}"));
+    assert_eq!(slot["tos"], tos, "{slot:#}");
+    // The TOS read back from the socket itself, as each worker holds it.
+    let udp_workers: Vec<u32> = d.dump()["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["kind"] == "udp")
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(udp_workers.len(), 2);
+    for pid in udp_workers {
+        let socket = socket_of(pid, udp("127.0.0.1", port))
+            .unwrap_or_else(|| panic!("worker {pid} holds no socket on port {port}"));
+        let got = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::IpTos).unwrap();
+        assert_eq!(got, tos, "IP_TOS of worker {pid}'s socket");
+    }
     let c = client("127.0.0.1");
     let reply = options(&c, udp("127.0.0.1", port), 99_999).unwrap();
     assert!(
-        reply.contains(&format!("Contact: <sip:192.0.2.7:{port};transport=udp>")),
+        reply.contains(&format!("Contact: <sip:{advertised}:{port};transport=udp>")),
         "{reply}"
     );
 }
@@ -151,7 +179,9 @@ fn tag_and_advertised_change_in_place_without_losing_a_datagram() {
 #[test]
 fn slots_rotate_fifo() {
     let d = Daemon::start("fifo", Opts::default());
-    let [a, b, c] = [0; 3].map(|_| format!("udp:127.0.0.1:{}", free_udp_port("127.0.0.1")));
+    let held = hold_udp_ports("127.0.0.1", 3);
+    let [a, b, c] = [0, 1, 2].map(|i| format!("udp:127.0.0.1:{}", held.ports()[i]));
+    drop(held);
     d.add(&a, &[]);
     d.add(&b, &[]);
     d.reload_ok();
@@ -181,7 +211,7 @@ fn a_table_over_max_sockets_is_refused_and_nothing_changes() {
             ..Opts::default()
         },
     );
-    let ports: Vec<u16> = (0..3).map(|_| free_udp_port("127.0.0.1")).collect();
+    let ports = hold_udp_ports("127.0.0.1", 3).ports();
     d.add(&format!("udp:127.0.0.1:{}", ports[0]), &[]);
     d.reload_ok();
     d.add(&format!("udp:127.0.0.1:{}", ports[1]), &[]);
@@ -222,9 +252,8 @@ fn a_bad_row_refuses_the_table_with_one_error_per_row() {
         [],
     )
     .unwrap();
-    let out = d.cli(&["mi", "sockets_reload"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = d.cli(&["mi", "sockets_reload"]).code(1);
+    let err = out.stderr;
     assert!(err.contains("Table refused: 2 bad rows"), "{err}");
     assert!(err.contains("unsupported protocol bin"), "{err}");
     assert!(err.contains("bogus"), "{err}");
@@ -380,14 +409,7 @@ fn is_zombie_or_gone(pid: u32) -> bool {
 #[test]
 fn a_second_instance_on_the_same_shm_is_refused_naming_the_pid() {
     let d = Daemon::start("twice", Opts::default());
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&d.config)
-        .arg("run")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.cli(&["run"]).code(1).stderr;
     assert!(err.contains(&d.pid().to_string()), "{err}");
     // The first one is untouched.
     assert!(d.mi("version").is_ok());
@@ -400,14 +422,7 @@ fn an_unreachable_database_at_start_is_exit_1() {
         ..Opts::default()
     };
     let d = Daemon::configure("nodb", &opts);
-    let out = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&d.config)
-        .arg("run")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = d.cli(&["run"]).code(1).stderr;
     assert!(err.to_lowercase().contains("connect"), "{err}");
     assert!(!d.fifo.exists());
 }
@@ -460,23 +475,20 @@ fn core_mi_commands_answer_in_the_opensips_shapes() {
     }
     let status = d.mi("sockets_status").unwrap();
     assert_eq!(status["workers"].as_array().unwrap().len(), 3);
-    let out = d.cli(&["mi", "no_such_method"]);
-    assert_eq!(out.status.code(), Some(1));
+    d.cli(&["mi", "no_such_method"]).code(1);
 }
 
 #[test]
 fn systemd_is_told_ready_once_the_initial_load_is_applied() {
     let d = Daemon::configure("notify", &Opts::default());
-    assert!(d.cli(&["db", "init"]).status.success());
+    d.cli(&["db", "init"]).ok();
     let port = free_udp_port("127.0.0.1");
     d.add(&format!("udp:127.0.0.1:{port}"), &[]);
     let sock_path = d.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     notify.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(&d.config)
-        .arg("run")
+    let mut child = d
+        .command(&["run"])
         .env("NOTIFY_SOCKET", &sock_path)
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -2,10 +2,8 @@
 //! tests/daemon.rs): add, update in place, remove, and a bind failure, against real servers.
 
 mod common;
-mod support;
 
 use common::*;
-use support::ScratchDb;
 
 fn reload_cycle(db: ScratchDb, name: &str) {
     let d = Daemon::start(
@@ -56,14 +54,14 @@ fn reload_cycle(db: ScratchDb, name: &str) {
 
 #[test]
 fn reload_cycle_on_postgresql() {
-    if let Some(db) = ScratchDb::postgres("daemon_pg") {
+    if let Some(db) = ScratchDb::postgres("reload_cycle_on_postgresql") {
         reload_cycle(db, "pg");
     }
 }
 
 #[test]
 fn reload_cycle_on_mariadb() {
-    if let Some(db) = ScratchDb::mysql("daemon_my") {
+    if let Some(db) = ScratchDb::mysql("reload_cycle_on_mariadb") {
         reload_cycle(db, "my");
     }
 }

@@ -1,10 +1,10 @@
 //! The provisioning commands and `check`, through the real binary, on a real SQLite file, a real
 //! PostgreSQL and a real MariaDB (a scratch database per test, dropped after).
 
-mod support;
+mod common;
 
+use common::{sipsockd, Run, ScratchDb, Server, TempDir};
 use serde_json::{json, Value};
-use support::{sipsockd, Run, ScratchDb, Server, TempDir};
 
 /// A test directory with a configuration file pointing at `db_url` (plus `extra` keys of
 /// `[sockets_mgm]`), and a way to run the binary with it.

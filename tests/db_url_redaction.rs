@@ -8,11 +8,9 @@
 //! where a naive split cuts) is caught as well as a whole one.
 
 mod common;
-mod support;
 
-use common::{Daemon, Opts};
+use common::{sipsockd, Daemon, Opts, Run, ScratchDb, TempDir};
 use std::net::TcpListener;
-use support::{sipsockd, Run, ScratchDb, TempDir};
 
 const MARKER: &str = "S3cr";
 
@@ -174,8 +172,8 @@ fn reload_error_hides_the_password(db: &ScratchDb, name: &str, db_url: &str, sho
         },
     );
     let init = d.cli(&["db", "init"]);
-    let init_err = String::from_utf8_lossy(&init.stderr).into_owned();
-    assert!(init.status.success(), "db init with {shown}: {init_err}");
+    let init_err = init.stderr.clone();
+    assert!(init.success(), "db init with {shown}: {init_err}");
     assert!(!init_err.contains(MARKER), "{init_err}");
     let d = d.spawn();
     db.exec("DROP TABLE sockets");
@@ -188,12 +186,8 @@ fn reload_error_hides_the_password(db: &ScratchDb, name: &str, db_url: &str, sho
     );
     assert!(!e.message.contains(MARKER), "{e:?}");
     let cli = d.cli(&["mi", "sockets_reload"]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&cli.stdout),
-        String::from_utf8_lossy(&cli.stderr)
-    );
-    assert!(!cli.status.success() && said.contains(shown), "{said}");
+    let said = format!("{}{}", cli.stdout, cli.stderr);
+    assert!(!cli.success() && said.contains(shown), "{said}");
     assert!(!said.contains(MARKER), "{said}");
     let log = d.log_text();
     assert!(log.contains(shown), "the log names the database: {log}");

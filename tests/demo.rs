@@ -7,10 +7,11 @@
 
 mod common;
 
-use common::{bin, client, free_udp_port, options, signal, udp, Daemon, Opts, DEADLINE};
+use common::{client, free_udp_port, options, signal, udp, Daemon, Opts, DEADLINE};
+use common::{sipsockd_command, Run};
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `sipsockd run --demo` started as the README says, with a test config; killed on drop.
@@ -24,16 +25,22 @@ impl Demo {
     /// Start `run --demo --demo-socket SOCKET` and wait (bounded) until the FIFO answers.
     fn start(d: Daemon, socket: &str) -> Demo {
         let stdout = d.dir.path().join("demo.out");
-        let child = Command::new(bin())
-            .args(["--config", &d.config.display().to_string()])
-            .args(["run", "--demo", "--demo-socket", socket])
-            .current_dir(d.dir.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&d.log).unwrap())
-            .spawn()
-            .unwrap();
+        let config = d.config.display().to_string();
+        let child = sipsockd_command(&[
+            "--config",
+            &config,
+            "run",
+            "--demo",
+            "--demo-socket",
+            socket,
+        ])
+        .current_dir(d.dir.path())
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).unwrap())
+        .stderr(std::fs::File::create(&d.log).unwrap())
+        .spawn()
+        .unwrap();
         let mut demo = Demo {
             d,
             child: Some(child),
@@ -48,13 +55,7 @@ impl Demo {
                     demo.d.log_text()
                 );
             }
-            if demo.d.fifo.exists()
-                && demo
-                    .d
-                    .cli(&["mi", "--timeout", "5", "version"])
-                    .status
-                    .success()
-            {
+            if demo.d.fifo.exists() && demo.d.cli(&["mi", "--timeout", "5", "version"]).success() {
                 return demo;
             }
             assert!(
@@ -96,12 +97,8 @@ impl Drop for Demo {
     }
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+fn text(out: &Run) -> String {
+    format!("{}{}", out.stdout, out.stderr)
 }
 
 /// A config in a scratch directory whose SQLite file does not exist yet, as on a fresh machine.
@@ -130,7 +127,7 @@ fn the_demo_command_serves_options_on_its_socket() {
     // ... and the command the demo prints.
     let said = demo.d.cli(&["options", &socket]);
     assert!(
-        said.status.success() && text(&said).starts_with("SIP/2.0 200 OK"),
+        said.success() && text(&said).starts_with("SIP/2.0 200 OK"),
         "{}",
         text(&said)
     );
@@ -140,7 +137,7 @@ fn the_demo_command_serves_options_on_its_socket() {
 #[test]
 fn the_demo_runs_a_table_with_rows_as_it_is() {
     let d = fresh("demo-rows");
-    assert!(d.cli(&["db", "init"]).status.success());
+    d.cli(&["db", "init"]).ok();
     let kept = free_udp_port("127.0.0.1");
     d.add(&format!("udp:127.0.0.1:{kept}"), &[]);
     let unused = free_udp_port("127.0.0.1");
@@ -157,7 +154,7 @@ fn the_demo_runs_a_table_with_rows_as_it_is() {
         demo.d.log_text()
     );
     let listed = demo.d.cli(&["db", "list", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
     assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
     // Nothing listens on the demo socket: `options` says so with exit 2.
     let none = demo.d.cli(&[
@@ -166,7 +163,7 @@ fn the_demo_runs_a_table_with_rows_as_it_is() {
         "1",
         &format!("udp:127.0.0.1:{unused}"),
     ]);
-    assert_eq!(none.status.code(), Some(2), "{}", text(&none));
+    assert_eq!(none.code, 2, "{}", text(&none));
     assert_eq!(demo.stop(), Some(0));
 }
 
@@ -176,15 +173,20 @@ fn a_taken_demo_port_is_a_clear_error_and_adds_nothing() {
     let holder = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let socket = format!("udp:127.0.0.1:{port}");
-    let out = Command::new(bin())
-        .args(["--config", &d.config.display().to_string()])
-        .args(["run", "--demo", "--demo-socket", &socket])
-        .current_dir(d.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let config = d.config.display().to_string();
+    let out = Run::of(
+        sipsockd_command(&[
+            "--config",
+            &config,
+            "run",
+            "--demo",
+            "--demo-socket",
+            &socket,
+        ])
+        .current_dir(d.dir.path()),
+    );
     let said = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(out.code, 1, "{said}");
     assert!(
         said.contains(&format!("the demo socket {socket} cannot be used"))
             && said.contains("in use")

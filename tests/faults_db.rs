@@ -8,7 +8,6 @@
 //! "Hangs" is a table lock held by another session.
 
 mod common;
-mod support;
 
 use common::*;
 use std::io::{Read, Write};
@@ -17,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use support::{ScratchDb, Server};
 
 // ---- a cuttable TCP proxy ----
 

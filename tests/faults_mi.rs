@@ -256,7 +256,7 @@ fn reply_names_with_dot_dot_or_slash_are_refused_and_not_run() {
     let d = Daemon::start("mi-names", Opts::default());
     let canary = add_canary(&d);
     // FIFOs with readers where a joined path would land: nothing may arrive in them.
-    let outside = Scratch::new("mi-names-outside");
+    let outside = TempDir::new("mi-names-outside");
     let escape_name = outside
         .path()
         .file_name()
@@ -299,7 +299,7 @@ fn reply_names_with_dot_dot_or_slash_are_refused_and_not_run() {
 #[test]
 fn a_reply_fifo_that_is_a_symlink_or_a_regular_file_is_refused() {
     let d = Daemon::start("mi-links", Opts::default());
-    let outside = Scratch::new("mi-links-outside");
+    let outside = TempDir::new("mi-links-outside");
     let target = outside.path().join("target.txt");
     std::fs::write(&target, "original\n").unwrap();
     let target_mtime = std::fs::metadata(&target).unwrap().modified().unwrap();
@@ -378,14 +378,14 @@ fn a_half_written_request_held_open_does_not_hold_up_the_others() {
     });
     opened_rx.recv_timeout(DEADLINE).unwrap();
     let out = d.cli(&["mi", "--timeout", "5", "version"]);
-    let served = out.status.success();
+    let served = out.success();
     stop_tx.send(()).unwrap();
     staller.join().unwrap();
     assert_serving(&d);
     assert!(
         served,
         "a client was not answered while another held a half-written request open: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
 }
 

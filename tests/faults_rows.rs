@@ -4,11 +4,9 @@
 //! reply still lists every skipped row. On SQLite, then the same table on PostgreSQL and MariaDB.
 
 mod common;
-mod support;
 
 use common::*;
 use serde_json::Value;
-use support::{ScratchDb, Server};
 
 /// Where the rows are written.
 enum Store<'a> {
@@ -252,7 +250,7 @@ fn malformed_rows_refuse_the_table_on_sqlite() {
 
 #[test]
 fn malformed_rows_refuse_the_table_on_postgresql() {
-    let Some(db) = ScratchDb::postgres("rows_pg") else {
+    let Some(db) = ScratchDb::postgres("malformed_rows_refuse_the_table_on_postgresql") else {
         return;
     };
     let d = start("rows-pg", Some(db.url.clone()), "");
@@ -263,7 +261,7 @@ fn malformed_rows_refuse_the_table_on_postgresql() {
 
 #[test]
 fn malformed_rows_refuse_the_table_on_mariadb() {
-    let Some(db) = ScratchDb::mysql("rows_my") else {
+    let Some(db) = ScratchDb::mysql("malformed_rows_refuse_the_table_on_mariadb") else {
         return;
     };
     let d = start("rows-my", Some(db.url.clone()), "");

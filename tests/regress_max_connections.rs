@@ -1,7 +1,10 @@
-//! Regression (open): `[tcp] max_connections` counts a connection twice while the supervisor is
-//! still in the event-loop turn that accepted it: once in `Pool::handed_off` (cleared only at the
-//! start of the next turn) and once in the stream worker's own gauge, as soon as the worker took
-//! its `Conn`. A burst of connections accepted in one turn is then refused below the limit.
+//! Regression (fixed): `[tcp] max_connections` used to count a connection twice while the
+//! supervisor was still in the event-loop turn that accepted it: once in the supervisor's own
+//! count of its hand-offs (cleared only at the start of the next turn) and once in the stream
+//! worker's gauge, as soon as the worker took its `Conn`, so a burst of connections accepted in one
+//! turn was refused below the limit. Now the supervisor raises the worker's gauge at the hand-off
+//! and the worker lowers it when the connection ends (`Pool::hand_off`): one count. This test keeps
+//! a burst of exactly `max_connections` served whole.
 
 mod common;
 

@@ -236,7 +236,7 @@ fn slot_connections(dump: &Value, socket: &str) -> i64 {
 #[test]
 fn tls_options_get_200_with_a_tls_contact_and_the_configured_certificate() {
     let pki = Pki::new();
-    let certs = Scratch::new("tls200-certs");
+    let certs = TempDir::new("tls200-certs");
     let default = pki.server("default");
     let d = daemon(
         "tls200",
@@ -272,7 +272,7 @@ fn tls_options_get_200_with_a_tls_contact_and_the_configured_certificate() {
 #[test]
 fn a_tagged_socket_presents_its_tags_certificate_and_the_others_the_default() {
     let pki = Pki::new();
-    let certs = Scratch::new("pertag-certs");
+    let certs = TempDir::new("pertag-certs");
     let (default, tenant_a) = (pki.server("default"), pki.server("tenant-a"));
     let d = daemon(
         "pertag",
@@ -340,7 +340,7 @@ fn a_tagged_socket_presents_its_tags_certificate_and_the_others_the_default() {
 #[test]
 fn a_rotated_certificate_is_presented_after_a_reload_and_open_connections_go_on() {
     let pki = Pki::new();
-    let certs = Scratch::new("rotate-certs");
+    let certs = TempDir::new("rotate-certs");
     let (old, new) = (pki.server("old"), pki.server("new"));
     let d = daemon(
         "rotate",
@@ -391,7 +391,7 @@ fn a_rotated_certificate_is_presented_after_a_reload_and_open_connections_go_on(
 #[test]
 fn a_certificate_that_does_not_load_fails_only_its_socket() {
     let pki = Pki::new();
-    let certs = Scratch::new("badcert-certs");
+    let certs = TempDir::new("badcert-certs");
     let good = pki.server("good");
     let default_files = good.write(certs.path(), "default");
     // A PEM block whose contents are not a certificate, with a good key.
@@ -520,7 +520,7 @@ fn a_certificate_that_does_not_load_fails_only_its_socket() {
 #[test]
 fn ws_and_wss_with_the_sip_subprotocol_get_one_200_message() {
     let pki = Pki::new();
-    let certs = Scratch::new("ws-certs");
+    let certs = TempDir::new("ws-certs");
     let (default, tenant_a) = (pki.server("default"), pki.server("tenant-a"));
     let d = daemon(
         "ws",
@@ -589,7 +589,7 @@ fn ws_and_wss_with_the_sip_subprotocol_get_one_200_message() {
 #[test]
 fn a_websocket_upgrade_without_the_sip_subprotocol_gets_an_http_error() {
     let pki = Pki::new();
-    let certs = Scratch::new("wsno-certs");
+    let certs = TempDir::new("wsno-certs");
     let d = daemon(
         "wsno",
         &tls_keys("tls", &pki.server("default").write(certs.path(), "default")),
@@ -658,7 +658,7 @@ fn a_websocket_upgrade_without_the_sip_subprotocol_gets_an_http_error() {
 #[test]
 fn status_ps_and_the_dump_show_stream_workers_and_open_connections() {
     let pki = Pki::new();
-    let certs = Scratch::new("vis-certs");
+    let certs = TempDir::new("vis-certs");
     let d = daemon(
         "vis",
         &tls_keys("tls", &pki.server("default").write(certs.path(), "default")),
@@ -798,23 +798,6 @@ fn status_ps_and_the_dump_show_stream_workers_and_open_connections() {
 
 // ---- SIPp -------------------------------------------------------------------------------------
 
-/// True when sipp is on the PATH; false (after saying SKIPPED) when not, outside CI.
-fn sipp_installed() -> bool {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("command -v sipp")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "sipp missing under CI"
-        );
-        println!("SKIPPED: sipp is not installed");
-    }
-    found
-}
-
 /// Run the OPTIONS scenario: 100 calls, at most 20 at once, against 127.0.0.1:`port`.
 fn sipp(transport: &str, port: u16, dir: &Path, extra: &[&str]) -> std::process::Output {
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/options.xml");
@@ -923,11 +906,11 @@ fn tls_relay(
 
 #[test]
 fn sipp_over_tls_gets_200s() {
-    if !sipp_installed() {
+    if !have_tool("sipp_over_tls_gets_200s", "sipp") {
         return;
     }
     let pki = Pki::new();
-    let certs = Scratch::new("sipptls-certs");
+    let certs = TempDir::new("sipptls-certs");
     let server = pki.server("default");
     let d = daemon(
         "sipptls",

@@ -8,15 +8,16 @@
 
 use crate::config::Config;
 use crate::db::Database;
+use crate::mi::methods::{self, Reloaded};
 use crate::mi::{self, MiServer, RpcError};
-use crate::pool::Pool;
-use crate::reload::{Served, Sockets};
-use crate::row::{validate_table, RowError, SystemResolver};
+use crate::pool::{Pool, Served};
+use crate::reload::Sockets;
+use crate::row::{validate_table, SystemResolver};
 use crate::sys;
 use log::{error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shm::Table;
 use shm::WorkerKind;
 use std::collections::HashMap;
@@ -194,8 +195,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         warn!("cannot notify systemd: {e}");
     }
     info!(
-        "ready: {} UDP workers, MI FIFO {}, shm {}",
+        "ready: {} UDP workers, {} stream workers, MI FIFO {}, shm {}",
         state.config.sockets_mgm.processes,
+        state.config.tcp.workers,
         state.config.mi_fifo.fifo_name.display(),
         state.config.shm.path.display()
     );
@@ -326,24 +328,6 @@ fn register_workers(poll: &Poll, pool: &Pool, registered: &mut [u64]) -> std::io
     Ok(())
 }
 
-fn row_error_json(e: &RowError) -> Value {
-    let mut o = serde_json::Map::new();
-    if let Some(id) = e.id {
-        o.insert("id".into(), json!(id));
-    }
-    if let Some(s) = &e.socket {
-        o.insert("socket".into(), json!(s));
-    }
-    if let Some(c) = &e.column {
-        o.insert("column".into(), json!(c));
-    }
-    if let Some(v) = &e.value {
-        o.insert("value".into(), json!(v));
-    }
-    o.insert("reason".into(), json!(e.reason));
-    Value::Object(o)
-}
-
 impl State {
     /// Accept every pending connection of the stream socket in `slot` and hand each to a worker.
     fn accept(&mut self, slot: u32) {
@@ -388,30 +372,24 @@ impl State {
     /// `sockets_reload`, SIGHUP and the initial load.
     fn reload(&mut self) -> Result<Value, RpcError> {
         let mgm = &self.config.sockets_mgm;
-        let db_error = |e: crate::db::DbError| RpcError {
-            code: 500,
-            message: format!("Could not reload sockets: {e}"),
-            data: None,
+        let db = match &mut self.db {
+            Some(db) => db,
+            None => match Database::connect(mgm) {
+                Ok(db) => self.db.insert(db),
+                Err(e) => return methods::reload_reply(Reloaded::Database(&e)),
+            },
         };
-        if self.db.is_none() {
-            self.db = Some(Database::connect(mgm).map_err(db_error)?);
-        }
-        let rows = match self.db.as_mut().map(Database::load_rows) {
-            Some(Ok(rows)) => rows,
-            Some(Err(e)) => {
+        let rows = match db.load_rows() {
+            Ok(rows) => rows,
+            Err(e) => {
                 // Reconnect at the next reload: the connection may be what failed.
                 self.db = None;
-                return Err(db_error(e));
+                return methods::reload_reply(Reloaded::Database(&e));
             }
-            None => unreachable!("connected above"),
         };
         let v = validate_table(&rows, mgm.max_sockets, mgm.invalid_rows, &self.resolver);
         if v.refused {
-            return Err(RpcError {
-                code: 400,
-                message: format!("Table refused: {} bad rows", v.errors.len()),
-                data: Some(Value::Array(v.errors.iter().map(row_error_json).collect())),
-            });
+            return methods::reload_reply(Reloaded::Refused(&v.errors));
         }
         let report = self
             .sockets
@@ -425,34 +403,10 @@ impl State {
                 report.generation, w.kind, w.rank, w.what
             );
         }
-        let mut data: Vec<Value> = v.errors.iter().map(row_error_json).collect();
-        data.extend(report.failures.iter().map(|f| {
-            let mut o = serde_json::Map::new();
-            if let Some(id) = f.id {
-                o.insert("id".into(), json!(id));
-            }
-            o.insert("socket".into(), json!(f.socket));
-            o.insert("reason".into(), json!(f.reason));
-            Value::Object(o)
-        }));
-        match (report.failures.len(), v.errors.len()) {
-            (0, 0) => Ok(json!("OK")),
-            (0, skipped) => Err(RpcError {
-                code: 400,
-                message: format!("{skipped} bad rows skipped, the rest applied"),
-                data: Some(Value::Array(data)),
-            }),
-            (failed, 0) => Err(RpcError {
-                code: 500,
-                message: format!("{failed} sockets could not be bound"),
-                data: Some(Value::Array(data)),
-            }),
-            (failed, skipped) => Err(RpcError {
-                code: 500,
-                message: format!("{failed} sockets could not be bound, {skipped} bad rows skipped"),
-                data: Some(Value::Array(data)),
-            }),
-        }
+        methods::reload_reply(Reloaded::Applied {
+            skipped: &v.errors,
+            failures: &report.failures,
+        })
     }
 }
 
@@ -466,45 +420,15 @@ impl mi::Handler for State {
     }
 
     fn sockets_status(&mut self) -> Result<Value, RpcError> {
-        let sockets: Vec<Value> = self
-            .sockets
-            .iter()
-            .map(|r| {
-                let mut o = serde_json::Map::new();
-                o.insert("slot".into(), json!(r.slot));
-                o.insert("socket".into(), json!(r.def.text));
-                o.insert("proto".into(), json!(r.def.proto.as_str()));
-                o.insert("address".into(), json!(r.def.identity().1.to_string()));
-                o.insert(
-                    "state".into(),
-                    json!(if r.error.is_some() { "error" } else { "active" }),
-                );
-                if let Some(e) = &r.error {
-                    o.insert("error".into(), json!(e));
-                }
-                o.insert("received".into(), json!(self.shm.slot_received(r.slot)));
-                if !r.def.proto.is_datagram() {
-                    o.insert(
-                        "connections".into(),
-                        json!(self.shm.slot_connections(r.slot)),
-                    );
-                }
-                Value::Object(o)
-            })
-            .collect();
-        Ok(json!({
-            "generation": self.sockets.generation(),
-            "sockets": sockets,
-            "workers": self.pool.status_json(&self.shm),
-            "refused_connections": self.refused_connections,
-        }))
+        Ok(methods::sockets_status(
+            &self.sockets,
+            &self.pool,
+            &self.shm,
+            self.refused_connections,
+        ))
     }
 
     fn ps(&mut self) -> Result<Value, RpcError> {
-        let mut procs = vec![json!({"ID": 0, "PID": std::process::id(), "Type": "supervisor"})];
-        for (i, w) in self.pool.workers().iter().enumerate() {
-            procs.push(json!({"ID": i + 1, "PID": w.pid().unwrap_or(0), "Type": format!("{} worker {}", w.kind(), w.rank())}));
-        }
-        Ok(json!({ "Processes": procs }))
+        Ok(methods::ps(&self.pool))
     }
 }

@@ -9,11 +9,9 @@
 //! Restarts are rate-limited: a worker that dies soon after starting waits a growing delay (100 ms,
 //! doubling, at most 30 s) before its next start; one that ran for a while restarts at once.
 
-use crate::reload::Served;
 use crate::sys;
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
-use serde_json::{json, Value};
 use shm::{Table, WorkerKind, WorkerState};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -35,6 +33,15 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What a (re)started worker is handed: the current set (built by `reload::Sockets::served`).
+#[derive(Debug, Default)]
+pub struct Served<'a> {
+    /// UDP sockets with the supervisor's fd (each worker gets a copy).
+    pub udp: Vec<(SocketInfo, BorrowedFd<'a>)>,
+    /// Stream sockets: metadata only.
+    pub stream: Vec<SocketInfo>,
+}
 
 /// Errors starting a worker.
 #[derive(Debug, thiserror::Error)]
@@ -517,27 +524,6 @@ impl Pool {
             w.child = None;
             w.channel = None;
         }
-    }
-
-    /// `ps` entries and `sockets_status` workers.
-    pub fn status_json(&self, shm: &Table) -> Vec<Value> {
-        self.workers
-            .iter()
-            .map(|w| {
-                let rec = shm.worker(w.kind, w.rank);
-                json!({
-                    "rank": w.rank,
-                    "kind": w.kind.as_str(),
-                    "pid": w.pid().unwrap_or(0),
-                    "state": match w.phase { Phase::Starting => "starting", Phase::Ready => "ready", Phase::Dead { .. } => "dead" },
-                    "restarts": rec.map_or(0, |r| r.restarts()),
-                    "received": rec.map_or(0, |r| r.received()),
-                    "replied": rec.map_or(0, |r| r.replied()),
-                    "dropped": rec.map_or(0, |r| r.dropped()),
-                    "connections": rec.map_or(0, |r| r.connections()),
-                })
-            })
-            .collect()
     }
 
     fn live_mut(&mut self) -> impl Iterator<Item = &mut Worker> {

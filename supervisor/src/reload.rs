@@ -9,7 +9,7 @@
 //! a reply.
 
 use crate::config::Tls as TlsConfig;
-use crate::pool::{Pool, WorkerOutcome};
+use crate::pool::{Pool, Served, WorkerOutcome};
 use crate::row::{format_flags, Identity, SocketDef};
 use crate::sys;
 use log::{info, warn};
@@ -19,15 +19,6 @@ use shm::{SlotData, SlotState, Table};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use worker::ipc::{SocketInfo, TlsMaterial};
-
-/// What a (re)started worker is handed.
-#[derive(Debug, Default)]
-pub struct Served<'a> {
-    /// UDP sockets with the supervisor's fd (each worker gets a copy).
-    pub udp: Vec<(SocketInfo, BorrowedFd<'a>)>,
-    /// Stream sockets: metadata only.
-    pub stream: Vec<SocketInfo>,
-}
 
 /// Check that TLS material makes a server configuration (the workers build the same one).
 fn check_tls(m: &TlsMaterial) -> Result<(), String> {

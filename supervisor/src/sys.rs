@@ -355,6 +355,16 @@ pub enum PrivilegeError {
         #[source]
         source: nix::Error,
     },
+    /// Changing a capability set failed.
+    #[error("cannot switch to user {user:?}: {step}: {reason}")]
+    Capabilities {
+        /// The configured user.
+        user: String,
+        /// Which step.
+        step: &'static str,
+        /// What the capability call said.
+        reason: String,
+    },
 }
 
 /// The uid and gid `user` / `group` name (the user's primary group when `group` is `None`).
@@ -381,13 +391,17 @@ pub fn lookup_user(
 }
 
 /// Become `uid`/`gid`, keeping only CAP_NET_BIND_SERVICE (so a later reload can still bind ports
-/// below 1024). Worker processes started afterwards run as `uid` with no capability at all (a
-/// non-root exec drops them). Must run while the process has no other thread that binds.
+/// below 1024): it is the whole effective and permitted set, and the bounding set is cut down to
+/// it, so nothing this process or its children exec can ever regain another capability. Worker
+/// processes started afterwards run as `uid` with no capability at all (a non-root exec drops
+/// them). Must run while the process has no other thread that binds (capability sets are per
+/// thread).
 pub fn drop_privileges(
     user: &str,
     uid: nix::unistd::Uid,
     gid: nix::unistd::Gid,
 ) -> Result<(), PrivilegeError> {
+    use caps::{CapSet, Capability};
     use nix::unistd::{geteuid, setgid, setgroups, setuid};
     let me = geteuid();
     if me == uid {
@@ -406,58 +420,33 @@ pub fn drop_privileges(
             source,
         }
     };
+    let caps_fail = |step: &'static str| {
+        move |source: caps::errors::CapsError| PrivilegeError::Capabilities {
+            user: user.to_string(),
+            step,
+            reason: source.to_string(),
+        }
+    };
+    let kept = Capability::CAP_NET_BIND_SERVICE;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which root still has.
+    for cap in caps::read(None, CapSet::Bounding).map_err(caps_fail("read the bounding set"))? {
+        if cap != kept {
+            caps::drop(None, CapSet::Bounding, cap).map_err(caps_fail("PR_CAPBSET_DROP"))?;
+        }
+    }
     nix::sys::prctl::set_keepcaps(true).map_err(fail("PR_SET_KEEPCAPS"))?;
     setgroups(&[gid]).map_err(fail("setgroups"))?;
     setgid(gid).map_err(fail("setgid"))?;
     setuid(uid).map_err(fail("setuid"))?;
-    set_capabilities(1 << CAP_NET_BIND_SERVICE).map_err(fail("capset CAP_NET_BIND_SERVICE"))?;
+    let only: caps::CapsHashSet = [kept].into_iter().collect();
+    caps::set(None, CapSet::Permitted, &only).map_err(caps_fail("capset permitted"))?;
+    caps::set(None, CapSet::Effective, &only).map_err(caps_fail("capset effective"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_fail("capset inheritable"))?;
+    if caps::runtime::ambient_set_supported().is_ok() {
+        caps::clear(None, CapSet::Ambient).map_err(caps_fail("clear the ambient set"))?;
+    }
     nix::sys::prctl::set_keepcaps(false).map_err(fail("PR_SET_KEEPCAPS off"))?;
     Ok(())
-}
-
-/// The capability number of CAP_NET_BIND_SERVICE (linux/capability.h).
-const CAP_NET_BIND_SERVICE: u32 = 10;
-
-/// Set this thread's effective and permitted capabilities to `mask` (bits below 32), none
-/// inheritable.
-fn set_capabilities(mask: u32) -> nix::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [
-        Data {
-            effective: mask,
-            permitted: mask,
-            inheritable: 0,
-        },
-        Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        },
-    ];
-    // SAFETY: capset reads one header and two data structs (version 3 layout) from our stack; both
-    // outlive the call and no fd or shared memory is involved.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(nix::Error::last())
-    }
 }
 
 /// Give a file the daemon creates (FIFO, shm) to the user it will run as.

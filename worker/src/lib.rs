@@ -9,12 +9,15 @@
 //! - [`sip`]: zero-copy SIP parsing and stream framing;
 //! - [`handler`]: the stateless responder, independent of the transport;
 //! - [`ipc`]: the control messages; [`channel`]: the socket that carries them with their fds;
+//! - `control`: the worker's side of the channel that both kinds share (the entry handshake,
+//!   checked receiving, replies);
 //! - [`udp`]: the UDP serving loop;
 //! - [`stream`]: the stream worker (TCP, TLS, WS, WSS connections handed over by the supervisor);
 //! - `sys`: every system call that needs `unsafe` (fd passing, recvmmsg/sendmmsg, epoll).
 #![deny(missing_docs)]
 
 pub mod channel;
+mod control;
 pub mod handler;
 pub mod ipc;
 pub mod sip;
@@ -22,9 +25,14 @@ pub mod stream;
 mod sys;
 pub mod udp;
 
+/// How a unit test that cannot run its peer fails under CI or is recorded as skipped.
+#[cfg(test)]
+#[path = "../tests/common/skip.rs"]
+mod skip;
+
 pub use channel::{Channel, ChannelError};
+pub use control::{ServeError, EXIT_BAD_CONTROL};
 pub use handler::{Outcome, Responder};
-pub use udp::{serve, ServeError, EXIT_BAD_CONTROL};
 
 /// What the supervisor passes on the `worker` command line.
 #[derive(Debug, Clone)]
@@ -56,6 +64,19 @@ pub enum StartError {
     },
 }
 
+/// Run a worker of `kind` on `control` until `Shutdown` (0), the supervisor closing its end (0),
+/// or a control message it cannot take ([`EXIT_BAD_CONTROL`]): [`udp::serve`] or
+/// [`stream::serve`].
+///
+/// In the `worker` process this is called by [`run`]; tests call it on a thread with one end of
+/// [`Channel::pair`].
+pub fn serve(control: Channel, kind: shm::WorkerKind, rank: u32) -> Result<u8, ServeError> {
+    match kind {
+        shm::WorkerKind::Udp => udp::serve(control, rank),
+        shm::WorkerKind::Stream => stream::serve(control, rank),
+    }
+}
+
 /// The worker's main: returns the process exit code (0: told to stop, or the supervisor is gone;
 /// [`EXIT_BAD_CONTROL`]: a control message it could not take).
 pub fn run(args: WorkerArgs) -> Result<u8, Box<dyn std::error::Error>> {
@@ -80,5 +101,5 @@ pub fn run(args: WorkerArgs) -> Result<u8, Box<dyn std::error::Error>> {
         }
         .into());
     }
-    Ok(udp::serve(Channel::from_fd(fd), args.kind, args.rank)?)
+    Ok(serve(Channel::from_fd(fd), args.kind, args.rank)?)
 }

@@ -11,10 +11,10 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{
-    self, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
-    SockaddrLike, SockaddrStorage,
+    self, sendmsg, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, SockaddrLike, SockaddrStorage,
 };
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -83,76 +83,59 @@ pub fn recv_with_fds(
     dont_wait: bool,
 ) -> io::Result<usize> {
     let flags = if dont_wait {
-        libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
     } else {
-        libc::MSG_CMSG_CLOEXEC
+        MsgFlags::MSG_CMSG_CLOEXEC
     };
-    let fd_bytes = max_fds.min(SCM_MAX_FD) * mem::size_of::<libc::c_int>();
-    // SAFETY: CMSG_SPACE is pure arithmetic on its argument; no memory is touched.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as libc::c_uint) } as usize;
-    // u64 elements: the control buffer must be aligned for `cmsghdr`.
-    let mut control = vec![0u64; space.div_ceil(mem::size_of::<u64>()).max(1)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: msghdr is plain data for which all-zero is a valid (empty) value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: `msg` points at `iov` (which covers `buf`, borrowed mutably for this call) and
-        // at `control` (`space` bytes); both outlive the call. The kernel writes only there. The
-        // fds it installs are owned by nobody until the loop below wraps them.
-        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
-        if r >= 0 {
-            break r as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
-    // Take ownership of every fd the kernel installed before looking at anything else, so that
-    // every error path below closes them.
-    let mut received = Vec::new();
-    // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR/CMSG_NXTHDR only walk within
-    // `msg_control[..msg_controllen]` and return null past it.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    while !cmsg.is_null() {
-        // SAFETY: a non-null header from CMSG_FIRSTHDR/NXTHDR lies inside `control`; read
-        // unaligned to make no assumption on its alignment.
-        let header: libc::cmsghdr = unsafe { ptr::read_unaligned(cmsg) };
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: CMSG_DATA of a valid header points inside the same control buffer.
-            let data = unsafe { libc::CMSG_DATA(cmsg) };
-            let header_len = data as usize - cmsg as usize;
-            let count = (header.cmsg_len as usize).saturating_sub(header_len)
-                / mem::size_of::<libc::c_int>();
-            for i in 0..count {
-                // SAFETY: the kernel wrote `count` ints after CMSG_DATA (cmsg_len says so), all
-                // within `control`; read unaligned since the buffer gives no int alignment.
-                let raw = unsafe { ptr::read_unaligned(data.cast::<libc::c_int>().add(i)) };
-                // SAFETY: the kernel just installed `raw` in this process for this message;
-                // nothing else refers to it, so the OwnedFd is its only owner.
-                received.push(unsafe { OwnedFd::from_raw_fd(raw) });
+    // Room for the most fds the kernel passes in one message (it merges every SCM_RIGHTS of a
+    // message into one, of at most SCM_MAX_FD), so the control data is never cut short and every
+    // fd that arrives is seen, and closed, even when the message is refused below.
+    let mut control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let (n, msg_flags, mut received) = loop {
+        match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut control), flags) {
+            Ok(msg) => {
+                // Take ownership of every fd the kernel installed before looking at anything
+                // else, so that every error path below closes them.
+                let mut received = Vec::new();
+                let cmsgs = msg.cmsgs().map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "control data truncated (the kernel closed the fds that did not fit)",
+                    )
+                })?;
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(raws) = cmsg {
+                        for raw in raws {
+                            // SAFETY: the kernel just installed `raw` in this process for this
+                            // message; nothing else refers to it, so the OwnedFd is its only
+                            // owner.
+                            received.push(unsafe { OwnedFd::from_raw_fd(raw) });
+                        }
+                    }
+                }
+                break (msg.bytes, msg.flags, received);
             }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
-        // SAFETY: as for CMSG_FIRSTHDR above.
-        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
-    }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    };
+    if received.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message carried more than {max_fds} fds (control data truncated)"),
+            format!(
+                "message carried {} fds, more than {max_fds} (all closed)",
+                received.len()
+            ),
         ));
     }
-    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+    if msg_flags.contains(MsgFlags::MSG_TRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("message larger than {} bytes (truncated)", buf.len()),
+            format!(
+                "message larger than {} bytes (truncated)",
+                iov.first().map_or(0, |b| b.len())
+            ),
         ));
     }
     fds.append(&mut received);
@@ -653,9 +636,9 @@ mod tests {
 
     #[test]
     fn ipv6_sources() {
-        let Ok(server) = UdpSocket::bind("[::1]:0") else {
-            eprintln!("no IPv6 loopback here; skipped");
-            return;
+        let server = match UdpSocket::bind("[::1]:0") {
+            Ok(server) => server,
+            Err(e) => return crate::skip::skip("ipv6_sources", &format!("no IPv6 loopback: {e}")),
         };
         let client = UdpSocket::bind("[::1]:0").unwrap();
         client.send_to(b"x", server.local_addr().unwrap()).unwrap();

@@ -24,21 +24,17 @@
 //! The worker never binds, never writes a slot and never trusts a control message beyond what it
 //! checks: an `Add` entry whose fd is not the announced socket is refused and its fd closed.
 
-use crate::channel::{fds_carried, message_name, Channel, ChannelError};
+use crate::channel::Channel;
+use crate::control::{self, Entry, Flow, Received, ServeError};
 use crate::handler::{Outcome, Responder};
 use crate::ipc::{FromWorker, SocketInfo, ToWorker};
 use crate::sys::{self, Datagram, Poller, RecvBatch, SendBatch};
 use shm::{Attached, Proto, WorkerKind};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
-
-/// Exit status after a control message the worker does not understand (the supervisor starts
-/// a new worker and gives it the whole current state).
-pub const EXIT_BAD_CONTROL: u8 = 3;
 
 /// Datagrams taken per `recvmmsg`.
 pub const BATCH: usize = 32;
@@ -52,84 +48,18 @@ pub const AUDIT_INTERVAL: Duration = Duration::from_millis(100);
 /// The epoll token of the control socket; a UDP socket's token is its slot index.
 const CONTROL_TOKEN: u64 = u64::MAX;
 
-/// Why a worker stopped other than by `Shutdown` or the supervisor closing the channel.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The control socket failed.
-    #[error("control socket: {0}")]
-    Control(#[source] io::Error),
-    /// The shared table could not be attached.
-    #[error("shared memory: {0}")]
-    Shm(#[from] shm::ShmError),
-    /// The shared table has no record for this worker.
-    #[error("the shared table has no record for {kind} worker {rank}")]
-    NoRecord {
-        /// The worker's pool.
-        kind: WorkerKind,
-        /// The worker's rank.
-        rank: u32,
-    },
-    /// This kind of worker is not served by this loop.
-    #[error("{0} workers are not implemented")]
-    Unsupported(WorkerKind),
-    /// epoll failed.
-    #[error("epoll: {0}")]
-    Poll(#[source] io::Error),
-}
-
-/// Run a worker on `control` until `Shutdown` (0), the supervisor closing its end (0), or a
-/// control message it cannot take ([`EXIT_BAD_CONTROL`]).
+/// Run a UDP worker on `control` until `Shutdown` (0), the supervisor closing its end (0), or a
+/// control message it cannot take ([`control::EXIT_BAD_CONTROL`]).
 ///
-/// A stream worker (`kind` [`WorkerKind::Stream`]) runs [`crate::stream::serve`] instead.
-///
-/// Sends `Hello`, waits for `Setup` (which brings the shm file), then serves. In the `worker`
-/// process this is called by [`crate::run`]; tests call it on a thread with one end of
-/// [`Channel::pair`].
-pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeError> {
-    if kind == WorkerKind::Stream {
-        return crate::stream::serve(control, rank);
-    }
-    let hello = FromWorker::Hello {
-        rank,
-        pid: std::process::id(),
-    };
-    match control.send_from_worker(&hello) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
-        Err(e) => return Err(ServeError::Control(e)),
-    }
+/// Sends `Hello`, waits for `Setup` (which brings the shm file), then serves. Called by
+/// [`crate::serve`] for [`WorkerKind::Udp`].
+pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
+    let kind = WorkerKind::Udp;
     let mut buf = Vec::new();
-    let (responder, shm_fd) = match control.recv_to_worker(&mut buf) {
-        Ok(None) => return Ok(0),
-        Ok(Some((
-            ToWorker::Setup {
-                reply_code,
-                reply_reason,
-                ..
-            },
-            mut fds,
-        ))) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), fds.pop()),
-        Ok(Some((msg, fds))) => {
-            log::error!(
-                "udp worker {rank}: expected setup with one fd, got {} with {}",
-                message_name(&msg),
-                fds.len()
-            );
-            return Ok(EXIT_BAD_CONTROL);
-        }
-        Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
-        Err(e) => {
-            log::error!("udp worker {rank}: {e}");
-            return Ok(EXIT_BAD_CONTROL);
-        }
+    let setup = match control::enter(&control, kind, rank, &mut buf)? {
+        Entry::Serve(setup) => setup,
+        Entry::Exit(code) => return Ok(code),
     };
-    let Some(shm_fd) = shm_fd else {
-        return Ok(EXIT_BAD_CONTROL);
-    };
-    let shm = Attached::from_file(File::from(shm_fd))?;
-    if shm.worker(kind, rank).is_none() {
-        return Err(ServeError::NoRecord { kind, rank });
-    }
     let poller = Poller::new().map_err(ServeError::Poll)?;
     poller
         .add(control.as_fd(), CONTROL_TOKEN)
@@ -142,8 +72,8 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
         poller,
         audit,
         last_audit: Instant::now(),
-        responder,
-        shm,
+        responder: setup.responder,
+        shm: setup.shm,
         sockets: HashMap::new(),
         control_buf: buf,
         recv: RecvBatch::new(BATCH),
@@ -151,7 +81,6 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
         replies: vec![Vec::new(); BATCH],
         dests: Vec::with_capacity(BATCH),
     };
-    log::debug!("udp worker {rank}: set up");
     worker.run()
 }
 
@@ -160,12 +89,6 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
 struct Served {
     socket: UdpSocket,
     info: SocketInfo,
-}
-
-/// What to do after a control message.
-enum Flow {
-    Continue,
-    Exit(u8),
 }
 
 struct Worker {
@@ -248,64 +171,30 @@ impl Worker {
 
     /// Handle one control message (the socket is readable: this does not block).
     fn control_message(&mut self) -> Result<Flow, ServeError> {
-        let rank = self.rank;
-        let (msg, fds) = match self.control.recv_to_worker(&mut self.control_buf) {
-            Ok(Some(m)) => m,
-            Ok(None) => {
-                log::debug!("udp worker {rank}: supervisor closed the control socket");
-                return Ok(Flow::Exit(0));
-            }
-            Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                log::error!("udp worker {rank}: bad control message: {e}");
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-            }
-            Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return Ok(Flow::Exit(0));
-            }
-            Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
-            Err(e) => {
-                log::error!("udp worker {rank}: {e}");
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-            }
-        };
-        let extra_fds = match &msg {
-            // An Add with the wrong count is answered entry by entry (below).
-            ToWorker::Add { .. } => false,
-            other => fds.len() != fds_carried(other),
-        };
-        if extra_fds {
-            log::error!(
-                "udp worker {rank}: a {} message carried {} fds",
-                message_name(&msg),
-                fds.len()
-            );
-            return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-        }
+        let (msg, fds) =
+            match control::receive(&self.control, &mut self.control_buf, self.kind, self.rank)? {
+                Received::Message(msg, fds) => (msg, fds),
+                Received::Empty => return Ok(Flow::Continue),
+                Received::Exit(code) => return Ok(Flow::Exit(code)),
+            };
         let reply = match msg {
-            ToWorker::Setup { .. } => {
-                log::error!("udp worker {rank}: setup received twice");
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-            }
-            ToWorker::Describe { .. } | ToWorker::Conn { .. } => {
-                log::error!(
-                    "udp worker {rank}: a {} message is for stream workers",
-                    message_name(&msg)
-                );
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            // Refused by `control::receive`.
+            ToWorker::Setup { .. } | ToWorker::Describe { .. } | ToWorker::Conn { .. } => {
+                return Ok(Flow::Exit(control::EXIT_BAD_CONTROL))
             }
             ToWorker::Add {
                 generation,
                 sockets,
             } => {
                 for (slot, reason) in self.add(sockets, fds) {
-                    log::warn!("udp worker {rank}: refused slot {slot}: {reason}");
+                    log::warn!("udp worker {}: refused slot {slot}: {reason}", self.rank);
                     let refused = FromWorker::Refused {
                         generation,
                         slot,
                         reason,
                     };
-                    if let Some(flow) = self.tell(&refused)? {
-                        return Ok(flow);
+                    if let Flow::Exit(code) = control::tell(&self.control, &refused)? {
+                        return Ok(Flow::Exit(code));
                     }
                 }
                 None
@@ -327,31 +216,13 @@ impl Worker {
                 serving: u32::try_from(self.sockets.len()).unwrap_or(u32::MAX),
             }),
             ToWorker::Shutdown => {
-                log::debug!("udp worker {rank}: shutdown");
+                log::debug!("udp worker {}: shutdown", self.rank);
                 return Ok(Flow::Exit(0));
             }
         };
-        if let Some(reply) = reply {
-            if let Some(flow) = self.tell(&reply)? {
-                return Ok(flow);
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Send to the supervisor; `Some(Exit(0))` when it is gone.
-    fn tell(&self, msg: &FromWorker) -> Result<Option<Flow>, ServeError> {
-        match self.control.send_from_worker(msg) {
-            Ok(()) => Ok(None),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Ok(Some(Flow::Exit(0)))
-            }
-            Err(e) => Err(ServeError::Control(e)),
+        match reply {
+            Some(reply) => control::tell(&self.control, &reply),
+            None => Ok(Flow::Continue),
         }
     }
 

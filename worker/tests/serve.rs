@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TempDir, WAIT};
+use common::{scratch, skip, WAIT};
 use shm::{Table, WorkerKind};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,13 +16,13 @@ use worker::{Channel, ServeError};
 /// A shm table for two UDP workers.
 struct Shm {
     table: Table,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Shm {
     fn new() -> Shm {
-        let dir = TempDir::new();
-        let table = Table::create(&dir.0.join("t.shm"), 8, 2, 0, 0).unwrap();
+        let dir = scratch();
+        let table = Table::create(&dir.path().join("t.shm"), 8, 2, 0, 0).unwrap();
         Shm { table, _dir: dir }
     }
 
@@ -547,9 +547,9 @@ fn malformed_control_messages_exit_3() {
 
 #[test]
 fn ipv6_socket() {
-    let Ok(sock) = UdpSocket::bind("[::1]:0") else {
-        eprintln!("no IPv6 loopback here; skipped");
-        return;
+    let sock = match UdpSocket::bind("[::1]:0") {
+        Ok(sock) => sock,
+        Err(e) => return skip("ipv6_socket", &format!("no IPv6 loopback: {e}")),
     };
     let shm = Shm::new();
     let mut w = Worker::start(&shm, 0);

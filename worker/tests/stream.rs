@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TempDir, WAIT};
+use common::{scratch, WAIT};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use shm::{Proto, Reader, SlotData, SlotState, Table, WorkerKind};
 use std::io::{self, Read, Write};
@@ -22,15 +22,15 @@ use worker::{Channel, ServeError};
 /// lists them all).
 struct Shm {
     table: Table,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 const SLOTS: u32 = 8;
 
 impl Shm {
     fn new() -> Shm {
-        let dir = TempDir::new();
-        let table = Table::create(&dir.0.join("t.shm"), SLOTS, 1, 2, 0).unwrap();
+        let dir = scratch();
+        let table = Table::create(&dir.path().join("t.shm"), SLOTS, 1, 2, 0).unwrap();
         for i in 0..SLOTS {
             let data = SlotData {
                 state: SlotState::Active,

@@ -1,12 +1,17 @@
 //! The MI methods: one table that says which methods exist and which parameters they take, the
-//! core methods OpenSIPS clients expect (`which`, `ps`, `version`, `uptime`), and dispatch to the
-//! daemon's [`Handler`] for the socket methods.
+//! core methods OpenSIPS clients expect (`which`, `ps`, `version`, `uptime`), dispatch to the
+//! daemon's [`Handler`] for the methods that touch its state, and the shape of their replies
+//! (built here from the daemon's state: [`reload_reply`], [`sockets_status`], [`ps`]).
 //!
 //! The table is what `which` reports, so `opensips-cli` (which calls `which` first and refuses
 //! anything not listed) sees exactly the methods that can run. No I/O here.
 
 use super::proto::{Params, Request, RpcError};
+use crate::pool::{Phase, Pool};
+use crate::reload::{Failure, Sockets};
+use crate::row::RowError;
 use serde_json::{json, Value};
+use shm::Table;
 use std::time::SystemTime;
 
 /// What the daemon provides to the MI methods that touch its state.
@@ -169,6 +174,137 @@ fn ctime(t: SystemTime) -> String {
         // Only for a clock outside jiff's range (years beyond ±9999).
         Err(_) => "?".into(),
     }
+}
+
+// ---- the replies of the methods that touch the daemon's state ----------------------------------
+
+/// What a reload came to, for its reply.
+pub enum Reloaded<'a> {
+    /// The database could not be read: nothing changed (500).
+    Database(&'a dyn std::fmt::Display),
+    /// The table was refused, one error per row at fault: nothing changed (400).
+    Refused(&'a [RowError]),
+    /// Applied, but for the rows left out (`invalid_rows = "skip"`) and those whose bind failed.
+    Applied {
+        /// Bad rows left out.
+        skipped: &'a [RowError],
+        /// Rows that could not be bound.
+        failures: &'a [Failure],
+    },
+}
+
+/// The reply of `sockets_reload`: `"OK"`, or the error with one entry per row at fault.
+pub fn reload_reply(reloaded: Reloaded<'_>) -> Result<Value, RpcError> {
+    let (skipped, failures) = match reloaded {
+        Reloaded::Database(e) => {
+            return Err(RpcError::new(500, format!("Could not reload sockets: {e}")));
+        }
+        Reloaded::Refused(errors) => {
+            return Err(RpcError {
+                code: 400,
+                message: format!("Table refused: {} bad rows", errors.len()),
+                data: Some(json!(errors)),
+            });
+        }
+        Reloaded::Applied { skipped, failures } => (skipped, failures),
+    };
+    let mut data: Vec<Value> = skipped.iter().map(|e| json!(e)).collect();
+    data.extend(failures.iter().map(|f| {
+        let mut o = serde_json::Map::new();
+        if let Some(id) = f.id {
+            o.insert("id".into(), json!(id));
+        }
+        o.insert("socket".into(), json!(f.socket));
+        o.insert("reason".into(), json!(f.reason));
+        Value::Object(o)
+    }));
+    let (code, message) = match (failures.len(), skipped.len()) {
+        (0, 0) => return Ok(json!("OK")),
+        (0, skipped) => (400, format!("{skipped} bad rows skipped, the rest applied")),
+        (failed, 0) => (500, format!("{failed} sockets could not be bound")),
+        (failed, skipped) => (
+            500,
+            format!("{failed} sockets could not be bound, {skipped} bad rows skipped"),
+        ),
+    };
+    Err(RpcError {
+        code,
+        message,
+        data: Some(Value::Array(data)),
+    })
+}
+
+/// The reply of `sockets_status`: each socket with its state and counters, each worker, and the
+/// connections refused so far.
+pub fn sockets_status(
+    sockets: &Sockets,
+    pool: &Pool,
+    shm: &Table,
+    refused_connections: u64,
+) -> Value {
+    let rows: Vec<Value> = sockets
+        .iter()
+        .map(|r| {
+            let mut o = serde_json::Map::new();
+            o.insert("slot".into(), json!(r.slot));
+            o.insert("socket".into(), json!(r.def.text));
+            o.insert("proto".into(), json!(r.def.proto.as_str()));
+            o.insert("address".into(), json!(r.def.identity().1.to_string()));
+            o.insert(
+                "state".into(),
+                json!(if r.error.is_some() { "error" } else { "active" }),
+            );
+            if let Some(e) = &r.error {
+                o.insert("error".into(), json!(e));
+            }
+            o.insert("received".into(), json!(shm.slot_received(r.slot)));
+            if !r.def.proto.is_datagram() {
+                o.insert("connections".into(), json!(shm.slot_connections(r.slot)));
+            }
+            Value::Object(o)
+        })
+        .collect();
+    let workers: Vec<Value> = pool
+        .workers()
+        .iter()
+        .map(|w| {
+            let rec = shm.worker(w.kind(), w.rank());
+            json!({
+                "rank": w.rank(),
+                "kind": w.kind().as_str(),
+                "pid": w.pid().unwrap_or(0),
+                "state": match w.phase() {
+                    Phase::Starting => "starting",
+                    Phase::Ready => "ready",
+                    Phase::Dead { .. } => "dead",
+                },
+                "restarts": rec.map_or(0, |r| r.restarts()),
+                "received": rec.map_or(0, |r| r.received()),
+                "replied": rec.map_or(0, |r| r.replied()),
+                "dropped": rec.map_or(0, |r| r.dropped()),
+                "connections": rec.map_or(0, |r| r.connections()),
+            })
+        })
+        .collect();
+    json!({
+        "generation": sockets.generation(),
+        "sockets": rows,
+        "workers": workers,
+        "refused_connections": refused_connections,
+    })
+}
+
+/// The reply of `ps`: the supervisor, then every worker.
+pub fn ps(pool: &Pool) -> Value {
+    let mut procs = vec![json!({"ID": 0, "PID": std::process::id(), "Type": "supervisor"})];
+    for (i, w) in pool.workers().iter().enumerate() {
+        procs.push(json!({
+            "ID": i + 1,
+            "PID": w.pid().unwrap_or(0),
+            "Type": format!("{} worker {}", w.kind(), w.rank()),
+        }));
+    }
+    json!({ "Processes": procs })
 }
 
 #[cfg(test)]

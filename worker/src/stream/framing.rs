@@ -22,7 +22,7 @@ const PING: &[u8] = b"\r\n\r\n";
 
 /// What [`Deframer::next`] found.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Item<'a> {
+pub enum Item<'a> {
     /// A double-CRLF keep-alive ping: answer with a single CRLF.
     Ping,
     /// One whole SIP message (header section and `Content-Length` bytes of body).
@@ -73,7 +73,6 @@ impl Deframer {
     }
 
     /// Bytes held that are not yet part of a message handed out.
-    #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
         self.buf.len() - self.start
     }

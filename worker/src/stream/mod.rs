@@ -36,6 +36,8 @@
 
 mod conn;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod timers;
 mod tls;
@@ -43,11 +45,11 @@ mod ws;
 
 pub use tls::{tls_server_config, TlsConfigError};
 
-use crate::channel::{fds_carried, message_name, Channel, ChannelError};
+use crate::channel::Channel;
+use crate::control::{self, Entry, Flow, Received, ServeError};
 use crate::handler::Responder;
 use crate::ipc::{FromWorker, SocketInfo, StreamSettings, ToWorker};
 use crate::sys;
-use crate::udp::{ServeError, EXIT_BAD_CONTROL};
 use conn::{Conn, Counters, Ctx, Drive, Why};
 use link::Link;
 use mio::unix::SourceFd;
@@ -55,7 +57,6 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::ServerConfig;
 use shm::{Attached, Proto, WorkerKind};
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -73,49 +74,17 @@ const CONTROL_PER_TURN: usize = 64;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Run a stream worker on `control` until `Shutdown` (0), the supervisor closing its end (0), or
-/// a control message it cannot take ([`EXIT_BAD_CONTROL`]).
+/// a control message it cannot take ([`control::EXIT_BAD_CONTROL`]).
 ///
 /// Sends `Hello`, waits for `Setup` (the shm file and the connection limits), then serves. Called
 /// by [`crate::serve`] for [`WorkerKind::Stream`]; tests call it on a thread.
 pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
-    let hello = FromWorker::Hello {
-        rank,
-        pid: std::process::id(),
-    };
-    match control.send_from_worker(&hello) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(0),
-        Err(e) => return Err(ServeError::Control(e)),
-    }
     let mut buf = Vec::new();
-    let (responder, settings, shm_fd) = match control.recv_to_worker(&mut buf) {
-        Ok(None) => return Ok(0),
-        Ok(Some((
-            ToWorker::Setup {
-                reply_code,
-                reply_reason,
-                stream,
-            },
-            mut fds,
-        ))) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), stream, fds.pop()),
-        Ok(Some((msg, fds))) => {
-            log::error!(
-                "stream worker {rank}: expected setup with one fd, got {} with {}",
-                message_name(&msg),
-                fds.len()
-            );
-            return Ok(EXIT_BAD_CONTROL);
-        }
-        Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
-        Err(e) => {
-            log::error!("stream worker {rank}: {e}");
-            return Ok(EXIT_BAD_CONTROL);
-        }
+    let setup = match control::enter(&control, WorkerKind::Stream, rank, &mut buf)? {
+        Entry::Serve(setup) => setup,
+        Entry::Exit(code) => return Ok(code),
     };
-    let Some(shm_fd) = shm_fd else {
-        return Ok(EXIT_BAD_CONTROL);
-    };
-    let shm = Attached::from_file(File::from(shm_fd))?;
+    let (responder, settings, shm) = (setup.responder, setup.stream, setup.shm);
     let Some(record) = shm.worker(WorkerKind::Stream, rank) else {
         return Err(ServeError::NoRecord {
             kind: WorkerKind::Stream,
@@ -159,7 +128,6 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
         scratch: vec![0; READ_CHUNK],
         reply: Vec::new(),
     };
-    log::debug!("stream worker {rank}: set up");
     let result = worker.run();
     worker.close_all();
     result
@@ -175,12 +143,6 @@ struct Socket {
     removed: bool,
     /// Its open connections here.
     conns: usize,
-}
-
-/// What to do after a control message.
-enum Flow {
-    Continue,
-    Exit(u8),
 }
 
 struct Worker {
@@ -398,38 +360,17 @@ impl Worker {
     /// Handle the control messages waiting (the socket is non-blocking).
     fn control_messages(&mut self, now: Instant) -> Result<Flow, ServeError> {
         for _ in 0..CONTROL_PER_TURN {
-            let rank = self.rank;
-            let (msg, fds) = match self.control.recv_to_worker(&mut self.control_buf) {
-                Ok(Some(m)) => m,
-                Ok(None) => {
-                    log::debug!("stream worker {rank}: supervisor closed the control socket");
-                    return Ok(Flow::Exit(0));
-                }
-                Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Flow::Continue)
-                }
-                Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                    log::error!("stream worker {rank}: bad control message: {e}");
-                    return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-                }
-                Err(ChannelError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
-                    return Ok(Flow::Exit(0));
-                }
-                Err(ChannelError::Io(e)) => return Err(ServeError::Control(e)),
-                Err(e) => {
-                    log::error!("stream worker {rank}: {e}");
-                    return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-                }
+            let received = control::receive(
+                &self.control,
+                &mut self.control_buf,
+                WorkerKind::Stream,
+                self.rank,
+            )?;
+            let (msg, fds) = match received {
+                Received::Message(msg, fds) => (msg, fds),
+                Received::Empty => return Ok(Flow::Continue),
+                Received::Exit(code) => return Ok(Flow::Exit(code)),
             };
-            if fds.len() != fds_carried(&msg) {
-                log::error!(
-                    "stream worker {rank}: a {} message carried {} fds",
-                    message_name(&msg),
-                    fds.len()
-                );
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-            }
             if let Flow::Exit(code) = self.control_message(msg, fds, now)? {
                 return Ok(Flow::Exit(code));
             }
@@ -446,16 +387,9 @@ impl Worker {
     ) -> Result<Flow, ServeError> {
         let rank = self.rank;
         let reply = match msg {
-            ToWorker::Setup { .. } => {
-                log::error!("stream worker {rank}: setup received twice");
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
-            }
-            ToWorker::Add { .. } | ToWorker::Update { .. } => {
-                log::error!(
-                    "stream worker {rank}: a {} message is for udp workers",
-                    message_name(&msg)
-                );
-                return Ok(Flow::Exit(EXIT_BAD_CONTROL));
+            // Refused by `control::receive`.
+            ToWorker::Setup { .. } | ToWorker::Add { .. } | ToWorker::Update { .. } => {
+                return Ok(Flow::Exit(control::EXIT_BAD_CONTROL))
             }
             ToWorker::Describe {
                 generation,
@@ -470,8 +404,8 @@ impl Worker {
                             slot,
                             reason,
                         };
-                        if let Some(flow) = self.tell(&refused)? {
-                            return Ok(flow);
+                        if let Flow::Exit(code) = control::tell(&self.control, &refused)? {
+                            return Ok(Flow::Exit(code));
                         }
                     }
                 }
@@ -498,35 +432,9 @@ impl Worker {
                 return Ok(Flow::Exit(0));
             }
         };
-        if let Some(reply) = reply {
-            if let Some(flow) = self.tell(&reply)? {
-                return Ok(flow);
-            }
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// Send to the supervisor; `Some(Exit(0))` when it is gone.
-    fn tell(&self, msg: &FromWorker) -> Result<Option<Flow>, ServeError> {
-        // The control socket is non-blocking for reading; a reply waits for room (the
-        // supervisor reads its workers' channels, and replies are one per reload step).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.control.send_from_worker(msg) {
-                Ok(()) => return Ok(None),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                    ) =>
-                {
-                    return Ok(Some(Flow::Exit(0)))
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(ServeError::Control(e)),
-            }
+        match reply {
+            Some(reply) => control::tell(&self.control, &reply),
+            None => Ok(Flow::Continue),
         }
     }
 

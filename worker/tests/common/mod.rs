@@ -1,31 +1,20 @@
-//! What the worker crate's integration tests share: a scratch directory and the wait bound.
+//! What the worker crate's integration tests share: a scratch directory, the wait bound and
+//! [`skip`] for a missing peer.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+mod skip;
+#[allow(unused_imports)] // not every test crate has a peer to miss
+pub use skip::skip;
+
 use std::time::Duration;
 
 /// Every wait of these tests: generous, since the machine is shared.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A scratch directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "worker-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A scratch directory (`tempfile`), removed on drop.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("worker-test-")
+        .tempdir()
+        .expect("a scratch directory")
 }
