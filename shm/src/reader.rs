@@ -696,7 +696,7 @@ mod tests {
         // Every field is derived from one number, so a mix of two writes shows as a mismatch.
         fn data(n: u64) -> SlotData {
             SlotData {
-                state: if n % 2 == 0 {
+                state: if n.is_multiple_of(2) {
                     SlotState::Active
                 } else {
                     SlotState::Error
@@ -706,7 +706,7 @@ mod tests {
                 address: format!("{n}"),
                 advertised: format!("{n}").repeat(1 + (n % 7) as usize),
                 tag: format!("tag{n}"),
-                flags: if n % 3 == 0 {
+                flags: if n.is_multiple_of(3) {
                     "frag".into()
                 } else {
                     "anycast,reuse_port".into()
