@@ -25,8 +25,9 @@
 //! checks: an `Add` entry whose fd is not the announced socket is refused and its fd closed.
 
 use crate::channel::{fds_carried, message_name, Channel, ChannelError};
-use crate::handler::{Outcome, Responder};
+use crate::handler::{Outcome, Responder, SocketParts};
 use crate::ipc::{FromWorker, SocketInfo, ToWorker};
+use crate::sip::Parsed;
 use crate::sys::{self, Datagram, Poller, RecvBatch, SendBatch};
 use shm::{Attached, Proto, WorkerKind};
 use std::collections::HashMap;
@@ -143,6 +144,7 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
         audit,
         last_audit: Instant::now(),
         responder,
+        parsed: Box::new(Parsed::new()),
         shm,
         sockets: HashMap::new(),
         control_buf: buf,
@@ -160,6 +162,8 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
 struct Served {
     socket: UdpSocket,
     info: SocketInfo,
+    /// The reply parts rendered from `info` (its Contact).
+    parts: SocketParts,
 }
 
 /// What to do after a control message.
@@ -181,6 +185,8 @@ struct Worker {
     audit: Poller,
     last_audit: Instant,
     responder: Responder,
+    /// The parse of the datagram being answered (reused).
+    parsed: Box<Parsed>,
     shm: Attached,
     sockets: HashMap<u32, Served>,
     control_buf: Vec<u8>,
@@ -415,7 +421,15 @@ impl Worker {
             self.rank,
             info.slot
         );
-        self.sockets.insert(info.slot, Served { socket, info });
+        let parts = SocketParts::new(&info.contact, Proto::Udp);
+        self.sockets.insert(
+            info.slot,
+            Served {
+                socket,
+                info,
+                parts,
+            },
+        );
         Ok(())
     }
 
@@ -431,6 +445,9 @@ impl Worker {
                         info.local,
                         served.info.local
                     );
+                }
+                if served.info.contact != info.contact {
+                    served.parts = SocketParts::new(&info.contact, Proto::Udp);
                 }
                 served.info.contact = info.contact;
                 served.info.tag = info.tag;
@@ -460,6 +477,7 @@ impl Worker {
             kind,
             rank,
             responder,
+            parsed,
             shm,
             sockets,
             recv,
@@ -489,7 +507,7 @@ impl Worker {
                 let Some(out) = replies.get_mut(dests.len()) else {
                     continue;
                 };
-                if let Some(to) = answer(responder, &datagram, &served.info.contact, out) {
+                if let Some(to) = answer(responder, parsed, &datagram, &served.parts, out) {
                     dests.push(to);
                 }
             }
@@ -512,15 +530,16 @@ impl Worker {
 /// The reply to one datagram goes in `out`; returns where to send it, or `None` (dropped).
 fn answer(
     responder: &Responder,
+    parsed: &mut Parsed,
     datagram: &Datagram<'_>,
-    contact: &str,
+    parts: &SocketParts,
     out: &mut Vec<u8>,
 ) -> Option<SocketAddr> {
     let source = datagram.source?;
     if datagram.truncated {
         return None;
     }
-    match responder.respond(datagram.payload, Proto::Udp, source, contact, out) {
+    match responder.answer(parsed, datagram.payload, source, parts, out) {
         Outcome::Replied => Some(source),
         Outcome::Ignored | Outcome::Malformed => None,
     }

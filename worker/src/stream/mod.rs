@@ -44,8 +44,9 @@ mod ws;
 pub use tls::{tls_server_config, TlsConfigError};
 
 use crate::channel::{fds_carried, message_name, Channel, ChannelError};
-use crate::handler::Responder;
+use crate::handler::{Responder, SocketParts};
 use crate::ipc::{FromWorker, SocketInfo, StreamSettings, ToWorker};
+use crate::sip::Parsed;
 use crate::sys;
 use crate::udp::{ServeError, EXIT_BAD_CONTROL};
 use conn::{Conn, Counters, Ctx, Drive, Why};
@@ -143,6 +144,7 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
         control_again: false,
         poll,
         responder,
+        parsed: Box::new(Parsed::new()),
         shm,
         settings,
         max_head,
@@ -169,6 +171,8 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
 #[derive(Debug)]
 struct Socket {
     info: SocketInfo,
+    /// The reply parts rendered from `info` (its Contact and transport).
+    parts: SocketParts,
     /// For `tls` and `wss`.
     tls: Option<Arc<ServerConfig>>,
     /// Removed: its connections drain, it takes no new one.
@@ -191,6 +195,8 @@ struct Worker {
     control_again: bool,
     poll: Poll,
     responder: Responder,
+    /// The parse of the message being answered (reused).
+    parsed: Box<Parsed>,
     shm: Attached,
     settings: StreamSettings,
     max_head: usize,
@@ -279,6 +285,7 @@ impl Worker {
             conns,
             sockets,
             responder,
+            parsed,
             scratch,
             reply,
             rank,
@@ -293,13 +300,12 @@ impl Worker {
         let Some(conn) = conns.get_mut(key.index).and_then(Option::as_mut) else {
             return;
         };
-        let contact = sockets
-            .get(&conn.socket)
-            .map_or("", |s| s.info.contact.as_str());
+        let parts = sockets.get(&conn.socket).map(|s| &s.parts);
         let before = conn.deadline();
         let mut ctx = Ctx {
             responder,
-            contact,
+            parsed,
+            parts,
             scratch,
             reply,
             counters: Counters {
@@ -570,6 +576,7 @@ impl Worker {
                         self.rank,
                         info.slot
                     );
+                    s.parts = SocketParts::new(&info.contact, info.proto);
                     s.info = info;
                     s.tls = tls;
                 }
@@ -588,6 +595,7 @@ impl Worker {
                 self.sockets.insert(
                     id,
                     Socket {
+                        parts: SocketParts::new(&info.contact, info.proto),
                         info,
                         tls,
                         removed: false,
