@@ -132,29 +132,62 @@ const COMPACT: [HeaderKind; 26] = {
     ]
 };
 
+/// Full names folded to lower case (`| 0x20` on each byte, which is exact on token characters),
+/// as two little-endian words; names longer than 16 bytes are compared byte by byte.
+const FOLDED: [[u64; 2]; KINDS] = {
+    let mut t = [[0u64; 2]; KINDS];
+    let mut k = 0;
+    while k < KINDS {
+        let name = FULL[k].as_bytes();
+        let mut i = 0;
+        while i < name.len() && i < 16 {
+            t[k][i / 8] |= ((name[i] | 0x20) as u64) << (8 * (i % 8));
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// The low `n` bytes (at most 8) of a word.
+const fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
 impl HeaderKind {
-    /// The kind of a header name, full or compact, in any case.
-    pub fn of(name: &str) -> HeaderKind {
-        HeaderKind::of_bytes(name.as_bytes())
+    /// The kind of the header name `b[start..start + len]`, a token (the scanner checked): the
+    /// name is read as words folded to lower case and compared with the one candidate its length
+    /// and first letter give. The same result as [`HeaderKind::of_bytes`].
+    pub(crate) fn lookup(b: &[u8], start: usize, len: usize) -> HeaderKind {
+        let word = |at: usize| -> Option<u64> {
+            let chunk = b.get(at..at.checked_add(8)?)?;
+            <[u8; 8]>::try_from(chunk).ok().map(u64::from_le_bytes)
+        };
+        let (Some(first), true) = (word(start), (2..=16).contains(&len)) else {
+            return HeaderKind::of_bytes(b.get(start..start + len).unwrap_or_default());
+        };
+        let second = if len > 8 { word(start + 8) } else { Some(0) };
+        let Some(second) = second else {
+            return HeaderKind::of_bytes(b.get(start..start + len).unwrap_or_default());
+        };
+        let fold = 0x2020_2020_2020_2020u64;
+        let lo = (first | fold) & low_bytes(len);
+        let hi = (second | fold) & low_bytes(len.saturating_sub(8));
+        let candidate = HeaderKind::candidate(len, lo as u8, (lo >> 16) as u8);
+        match FOLDED.get(candidate as usize) {
+            Some([a, b]) if *a == lo && *b == hi && candidate != HeaderKind::Other => candidate,
+            _ => HeaderKind::Other,
+        }
     }
 
-    /// [`HeaderKind::of`] on bytes.
-    pub fn of_bytes(name: &[u8]) -> HeaderKind {
+    /// The only kind whose full name has this length, first and third letter (lower case).
+    fn candidate(len: usize, first: u8, third: u8) -> HeaderKind {
         use HeaderKind::*;
-        let Some(&first) = name.first() else {
-            return Other;
-        };
-        if !first.is_ascii_alphabetic() {
-            return Other;
-        }
-        let first = first.to_ascii_lowercase();
-        let candidate = match (name.len(), first) {
-            (1, _) => {
-                return COMPACT
-                    .get(usize::from(first - b'a'))
-                    .copied()
-                    .unwrap_or(Other)
-            }
+        match (len, first) {
             (2, b't') => To,
             (3, b'v') => Via,
             (4, b'f') => From,
@@ -162,10 +195,8 @@ impl HeaderKind {
             (4, b'p') => Path,
             (5, b'e') => Event,
             (5, b'r') => Route,
-            (7, b'c') => match name.get(2).map(u8::to_ascii_lowercase) {
-                Some(b'l') => CallId,
-                _ => Contact,
-            },
+            (7, b'c') if third == b'l' => CallId,
+            (7, b'c') => Contact,
             (7, b's') => Subject,
             (7, b'r') => Require,
             (8, b'r') => ReferTo,
@@ -183,9 +214,34 @@ impl HeaderKind {
             (15, b's') => SessionExpires,
             (16, b'c') => ContentEncoding,
             (19, b'r') => RequestDisposition,
-            _ => return Other,
+            _ => Other,
+        }
+    }
+
+    /// The kind of a header name, full or compact, in any case.
+    pub fn of(name: &str) -> HeaderKind {
+        HeaderKind::of_bytes(name.as_bytes())
+    }
+
+    /// [`HeaderKind::of`] on bytes.
+    pub fn of_bytes(name: &[u8]) -> HeaderKind {
+        use HeaderKind::*;
+        let Some(&first) = name.first() else {
+            return Other;
         };
-        if name.eq_ignore_ascii_case(candidate.name().as_bytes()) {
+        if !first.is_ascii_alphabetic() {
+            return Other;
+        }
+        let first = first.to_ascii_lowercase();
+        if name.len() == 1 {
+            return COMPACT
+                .get(usize::from(first - b'a'))
+                .copied()
+                .unwrap_or(Other);
+        }
+        let third = name.get(2).map_or(0, u8::to_ascii_lowercase);
+        let candidate = HeaderKind::candidate(name.len(), first, third);
+        if candidate != Other && name.eq_ignore_ascii_case(candidate.name().as_bytes()) {
             candidate
         } else {
             Other
@@ -404,6 +460,40 @@ mod tests {
             assert_eq!(HeaderKind::of(other), HeaderKind::Other, "{other}");
         }
         assert_eq!(HeaderKind::Other.full_name(), None);
+    }
+
+    proptest::proptest! {
+        /// The word-wise lookup agrees with the byte-wise one on any token, wherever it sits.
+        #[test]
+        fn lookup_agrees_with_of_bytes(
+            name in proptest::sample::select(FULL.to_vec()),
+            flips in proptest::collection::vec(proptest::bool::ANY, 20),
+            edit in proptest::option::of((0usize..20, proptest::sample::select(b"-.!%*_+`'~aZ09".to_vec()))),
+            pad in 0usize..10,
+            tail in proptest::sample::select(vec![&b":"[..], b": x\r\n\r\n", b"::::::::::::::::"]),
+        ) {
+            let mut token: Vec<u8> = name
+                .bytes()
+                .zip(&flips)
+                .map(|(c, f)| if *f { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() })
+                .collect();
+            if let Some((at, c)) = edit {
+                if at < token.len() {
+                    token[at] = c;
+                } else {
+                    token.push(c);
+                }
+            }
+            let mut buf = vec![b'x'; pad];
+            buf.extend_from_slice(&token);
+            buf.extend_from_slice(tail);
+            proptest::prop_assert_eq!(
+                HeaderKind::lookup(&buf, pad, token.len()),
+                HeaderKind::of_bytes(&token),
+                "{:?}",
+                String::from_utf8_lossy(&token)
+            );
+        }
     }
 
     #[test]

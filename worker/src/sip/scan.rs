@@ -56,6 +56,62 @@ fn is_lws(b: u8) -> bool {
     class(b) & LWS != 0
 }
 
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Eight bytes of `b` from `i`, little-endian (byte `i` lowest).
+fn word(b: &[u8], i: usize) -> Option<u64> {
+    let chunk = b.get(i..i.checked_add(8)?)?;
+    <[u8; 8]>::try_from(chunk).ok().map(u64::from_le_bytes)
+}
+
+/// Bit 7 set in each byte of `x` that is zero. Only bytes above a zero byte can be flagged
+/// wrongly (the borrow runs upward), so the lowest flag is exact.
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Bit 7 set in each byte of `x` below 0x20 or equal to 0x7f (controls, HTAB included); the
+/// lowest flag is exact, as in [`zero_bytes`].
+fn control_bytes(x: u64) -> u64 {
+    (x.wrapping_sub(LO * 0x20) & !x & HI) | zero_bytes(x ^ (LO * 0x7f))
+}
+
+/// Index of the first byte of class [`CTL`] at or after `from`, eight bytes at a time.
+fn find_ctl(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(x) = word(b, i) {
+        let m = control_bytes(x);
+        if m == 0 {
+            i += 8;
+            continue;
+        }
+        let at = i + (m.trailing_zeros() / 8) as usize;
+        if b.get(at) != Some(&b'\t') {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    let rest = b.get(i..)?;
+    rest.iter()
+        .position(|c| class(*c) & CTL != 0)
+        .map(|j| i + j)
+}
+
+/// Index of the first `c` in `b[from..to]`, eight bytes at a time.
+fn find_byte(b: &[u8], from: usize, to: usize, c: u8) -> Option<usize> {
+    let mut i = from;
+    while i + 8 <= to {
+        let m = zero_bytes(word(b, i)? ^ (LO * u64::from(c)));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = b.get(i..to)?;
+    rest.iter().position(|x| *x == c).map(|j| i + j)
+}
+
 /// Why the fast path stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fault {
@@ -148,12 +204,10 @@ fn scan(p: &mut Parsed, b: &[u8], skip: usize) -> Result<(), Fault> {
 
 /// The start line from `from`: (end of its content, index of its LF).
 fn start_line_end(b: &[u8], from: usize) -> Result<(usize, usize), Fault> {
-    let rest = b.get(from..).unwrap_or_default();
-    let Some(i) = rest.iter().position(|c| class(*c) & CTL != 0) else {
+    let Some(at) = find_ctl(b, from) else {
         return Err(Fault::Incomplete);
     };
-    let at = from + i;
-    match rest.get(i) {
+    match b.get(at) {
         Some(b'\n') => Ok((at, at)),
         Some(b'\r') => match b.get(at + 1) {
             Some(b'\n') => Ok((at, at + 1)),
@@ -171,11 +225,9 @@ fn logical_end(b: &[u8], from: usize) -> Result<(usize, bool), Fault> {
     let mut at = from;
     let mut folded = false;
     loop {
-        let rest = b.get(at..).unwrap_or_default();
-        let Some(i) = rest.iter().position(|c| class(*c) & CTL != 0) else {
+        let Some(mut lf) = find_ctl(b, at) else {
             return Err(Fault::Incomplete);
         };
-        let mut lf = at + i;
         match b.get(lf) {
             Some(b'\n') => {}
             Some(b'\r') => match b.get(lf + 1) {
@@ -231,17 +283,18 @@ pub(super) fn start_line(b: &[u8], s: usize, e: usize) -> Result<Start, ParseErr
         }
         return Ok(Start::Response { code, reason });
     }
-    let mut spaces = line
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c == b' ')
-        .map(|(i, _)| i);
-    let (Some(sp1), Some(sp2), None) = (spaces.next(), spaces.next(), spaces.next()) else {
+    let n = line.len();
+    let sp1 = find_byte(line, 0, n, b' ');
+    let sp2 = sp1.and_then(|i| find_byte(line, i + 1, n, b' '));
+    let (Some(sp1), Some(sp2)) = (sp1, sp2) else {
         return Err(ParseError::BadStartLine);
     };
+    if find_byte(line, sp2 + 1, n, b' ').is_some() {
+        return Err(ParseError::BadStartLine);
+    }
     let method = line.get(..sp1).unwrap_or_default();
-    let uri = line.get(sp1 + 1..sp2).unwrap_or_default();
-    if !is_token(method) || uri.is_empty() || uri.contains(&b'\t') {
+    let uri_empty = sp2 == sp1 + 1;
+    if !is_token(method) || uri_empty || find_byte(line, sp1 + 1, sp2, b'\t').is_some() {
         return Err(ParseError::BadStartLine);
     }
     if !is_version(line.get(sp2 + 1..).unwrap_or_default()) {
@@ -278,8 +331,7 @@ fn header_line(p: &mut Parsed, b: &[u8], start: usize) -> Result<usize, Fault> {
     }
     let (lf, folded) = logical_end(b, colon + 1)?;
     let (vs, ve) = trim(b, colon + 1, lf);
-    let name = b.get(start..name_end).unwrap_or_default();
-    let kind = HeaderKind::of_bytes(name);
+    let kind = HeaderKind::lookup(b, start, name_len);
     let index = usize::from(p.n_lines);
     let line = p.lines.get_mut(index).ok_or(ParseError::TooManyHeaders)?;
     *line = Line {
@@ -305,9 +357,13 @@ fn header_line(p: &mut Parsed, b: &[u8], start: usize) -> Result<usize, Fault> {
         p.empty |= 1 << k;
     }
     match kind {
-        HeaderKind::Via => via_values(p, b, vs, ve, index)?,
-        HeaderKind::From if p.from.is_none() => p.from = Some(name_addr(b, vs, ve, index)),
-        HeaderKind::To if p.to.is_none() => p.to = Some(name_addr(b, vs, ve, index)),
+        HeaderKind::Via => via_values(p, b, vs, ve, index, simple(b, vs, ve, folded))?,
+        HeaderKind::From if p.from.is_none() => {
+            p.from = Some(name_addr(b, vs, ve, index, simple(b, vs, ve, folded)))
+        }
+        HeaderKind::To if p.to.is_none() => {
+            p.to = Some(name_addr(b, vs, ve, index, simple(b, vs, ve, folded)))
+        }
         HeaderKind::CSeq if p.count.get(k) == Some(&1) => p.cseq = cseq(b, vs, ve),
         HeaderKind::ContentLength => {
             let n = content_length(b.get(vs..ve).unwrap_or_default())?;
@@ -338,6 +394,12 @@ fn header_line(p: &mut Parsed, b: &[u8], start: usize) -> Result<usize, Fault> {
         _ => {}
     }
     Ok(lf + 1)
+}
+
+/// A value with no fold and no quote: commas and semicolons in it always separate, and no line
+/// end is inside (the common case, parsed without tracking quotes).
+fn simple(b: &[u8], vs: usize, ve: usize, folded: bool) -> bool {
+    !folded && find_byte(b, vs, ve, b'"').is_none()
 }
 
 /// `b[s..e]` without leading and trailing LWS (SP, HTAB, CR, LF).
@@ -392,25 +454,22 @@ impl Quotes {
 }
 
 /// The comma-separated Via values of one header line value `b[vs..ve]`.
-fn via_values(p: &mut Parsed, b: &[u8], vs: usize, ve: usize, line: u16) -> Result<(), Fault> {
+fn via_values(
+    p: &mut Parsed,
+    b: &[u8],
+    vs: usize,
+    ve: usize,
+    line: u16,
+    simple: bool,
+) -> Result<(), Fault> {
     let mut pos = vs;
     loop {
-        let mut quotes = Quotes::default();
-        let mut semi = None;
-        let mut end = ve;
-        let mut i = pos;
-        while i < ve {
-            let c = b.get(i).copied().unwrap_or(0);
-            if quotes.outside(c) && c == b',' {
-                end = i;
-                break;
-            }
-            // The parameters start at the first `;`, quoted or not (as they always have).
-            if c == b';' && semi.is_none() {
-                semi = Some(i);
-            }
-            i += 1;
-        }
+        let (end, semi) = if simple {
+            let end = find_byte(b, pos, ve, b',').unwrap_or(ve);
+            (end, find_byte(b, pos, end, b';'))
+        } else {
+            value_end_quoted(b, pos, ve)
+        };
         let value_end = trim_end(b, pos, end);
         let via = p
             .vias
@@ -422,6 +481,7 @@ fn via_values(p: &mut Parsed, b: &[u8], vs: usize, ve: usize, line: u16) -> Resu
             semi.unwrap_or(value_end).min(value_end),
             value_end,
             line,
+            simple,
         );
         // MAX_VIAS < u8::MAX.
         p.n_vias += 1;
@@ -432,8 +492,28 @@ fn via_values(p: &mut Parsed, b: &[u8], vs: usize, ve: usize, line: u16) -> Resu
     }
 }
 
-/// One Via value `b[s..e]` whose parameters start at `semi` (`== e` when none).
-fn via_value(b: &[u8], s: usize, semi: usize, e: usize, line: u16) -> Via {
+/// Where the value from `pos` ends (the first comma outside quotes, or `ve`), and its first `;`
+/// (quoted or not: the parameters of a Via have always started there).
+fn value_end_quoted(b: &[u8], pos: usize, ve: usize) -> (usize, Option<usize>) {
+    let mut quotes = Quotes::default();
+    let mut semi = None;
+    let mut i = pos;
+    while i < ve {
+        let c = b.get(i).copied().unwrap_or(0);
+        if quotes.outside(c) && c == b',' {
+            return (i, semi);
+        }
+        if c == b';' && semi.is_none() {
+            semi = Some(i);
+        }
+        i += 1;
+    }
+    (ve, semi)
+}
+
+/// One Via value `b[s..e]` whose parameters start at `semi` (`== e` when none); `simple` as for
+/// [`simple`].
+fn via_value(b: &[u8], s: usize, semi: usize, e: usize, line: u16, simple: bool) -> Via {
     let mut via = Via {
         value: Span::new(s, e),
         line,
@@ -466,11 +546,11 @@ fn via_value(b: &[u8], s: usize, semi: usize, e: usize, line: u16) -> Via {
         via.sent_by = Span::new(hs, he);
         (via.host, via.port) = host_port(b, hs, he);
     }
-    if head.iter().any(|c| matches!(c, b'\r' | b'\n')) {
+    if !simple && head.iter().any(|c| matches!(c, b'\r' | b'\n')) {
         via.plain = false;
     }
     if semi < e {
-        via_params(&mut via, b, semi + 1, e);
+        via_params(&mut via, b, semi + 1, e, simple);
     }
     via
 }
@@ -498,11 +578,11 @@ fn host_port(b: &[u8], s: usize, e: usize) -> (Span, Option<u16>) {
 }
 
 /// The parameters of a Via value, from just after its first `;` to `e`.
-fn via_params(via: &mut Via, b: &[u8], mut pos: usize, e: usize) {
+fn via_params(via: &mut Via, b: &[u8], mut pos: usize, e: usize, simple: bool) {
     let mut rports = 0;
     let mut receiveds = 0;
     loop {
-        let (found, end) = next_param(b, pos, e);
+        let (found, end) = next_param(b, pos, e, simple);
         match found {
             None => via.plain = false,
             Some(Found { param, name, exact }) => {
@@ -542,25 +622,14 @@ struct Found {
 }
 
 /// The parameter starting at `pos` (up to the next `;` outside quotes, or `e`; `None` when
-/// blank), and where it ends.
-fn next_param(b: &[u8], pos: usize, e: usize) -> (Option<Found>, usize) {
-    let mut quotes = Quotes::default();
-    let mut end = e;
-    let mut eq = None;
-    let mut i = pos;
-    let mut line_end = false;
-    while i < e {
-        let c = b.get(i).copied().unwrap_or(0);
-        if quotes.outside(c) && c == b';' {
-            end = i;
-            break;
-        }
-        if c == b'=' && eq.is_none() {
-            eq = Some(i);
-        }
-        line_end |= matches!(c, b'\r' | b'\n');
-        i += 1;
-    }
+/// blank), and where it ends; `simple` as for [`simple`].
+fn next_param(b: &[u8], pos: usize, e: usize, simple: bool) -> (Option<Found>, usize) {
+    let (end, eq, line_end) = if simple {
+        let end = find_byte(b, pos, e, b';').unwrap_or(e);
+        (end, find_byte(b, pos, end, b'='), false)
+    } else {
+        param_end_quoted(b, pos, e)
+    };
     let (s, t) = trim(b, pos, end);
     if s == t {
         return (None, end);
@@ -594,12 +663,33 @@ pub(super) fn params_in(
     let mut next = Some(pos);
     std::iter::from_fn(move || loop {
         let pos = next?;
-        let (found, end) = next_param(b, pos, e);
+        let (found, end) = next_param(b, pos, e, false);
         next = (end < e).then_some(end + 1);
         if let Some(found) = found {
             return Some((found.param, found.name));
         }
     })
+}
+
+/// Where the parameter from `pos` ends (the first `;` outside quotes, or `e`), its first `=`, and
+/// whether it holds a line end.
+fn param_end_quoted(b: &[u8], pos: usize, e: usize) -> (usize, Option<usize>, bool) {
+    let mut quotes = Quotes::default();
+    let mut eq = None;
+    let mut line_end = false;
+    let mut i = pos;
+    while i < e {
+        let c = b.get(i).copied().unwrap_or(0);
+        if quotes.outside(c) && c == b';' {
+            return (i, eq, line_end);
+        }
+        if c == b'=' && eq.is_none() {
+            eq = Some(i);
+        }
+        line_end |= matches!(c, b'\r' | b'\n');
+        i += 1;
+    }
+    (e, eq, line_end)
 }
 
 fn is_named(b: &[u8], name: Span, want: &[u8]) -> bool {
@@ -609,37 +699,29 @@ fn is_named(b: &[u8], name: Span, want: &[u8]) -> bool {
 
 /// A From or To value `b[s..e]` and its `tag` parameter: the parameters follow the `>` of a
 /// bracketed address, or start at the first `;` outside quotes.
-fn name_addr(b: &[u8], s: usize, e: usize, line: u16) -> NameAddr {
-    let mut quotes = Quotes::default();
-    let mut params = None;
-    let mut i = s;
-    while i < e {
-        let c = b.get(i).copied().unwrap_or(0);
-        if quotes.outside(c) {
-            if c == b'<' {
-                // URIs never hold an unescaped '>'; the parameters follow it.
-                params = b
-                    .get(i..e)
-                    .unwrap_or_default()
-                    .iter()
-                    .position(|c| *c == b'>')
-                    .map(|j| i + j + 1);
-                break;
-            }
-            if c == b';' {
-                params = Some(i);
-                break;
-            }
+fn name_addr(b: &[u8], s: usize, e: usize, line: u16, simple: bool) -> NameAddr {
+    let open = if simple {
+        let semi = find_byte(b, s, e, b';');
+        match find_byte(b, s, semi.unwrap_or(e), b'<') {
+            Some(at) => Some((at, b'<')),
+            None => semi.map(|at| (at, b';')),
         }
-        i += 1;
-    }
+    } else {
+        addr_end_quoted(b, s, e)
+    };
+    let params = match open {
+        // URIs never hold an unescaped '>'; the parameters follow it.
+        Some((at, b'<')) => find_byte(b, at, e, b'>').map(|j| j + 1),
+        Some((at, _)) => Some(at),
+        None => None,
+    };
     let mut tag = None;
     // Parameters are there only when the text after the address starts with `;`.
     if let Some(at) = params.map(|at| skip_lws(b, at, e)) {
         if b.get(at) == Some(&b';') && at < e {
             let mut pos = at + 1;
             loop {
-                let (found, end) = next_param(b, pos, e);
+                let (found, end) = next_param(b, pos, e, simple);
                 if let Some(found) = found.filter(|f| is_named(b, f.name, b"tag")) {
                     tag = Some(found.param);
                     break;
@@ -656,6 +738,20 @@ fn name_addr(b: &[u8], s: usize, e: usize, line: u16) -> NameAddr {
         value: Span::new(s, e),
         tag,
     }
+}
+
+/// The first `<` or `;` outside quotes in `b[s..e]`, and which.
+fn addr_end_quoted(b: &[u8], s: usize, e: usize) -> Option<(usize, u8)> {
+    let mut quotes = Quotes::default();
+    let mut i = s;
+    while i < e {
+        let c = b.get(i).copied().unwrap_or(0);
+        if quotes.outside(c) && matches!(c, b'<' | b';') {
+            return Some((i, c));
+        }
+        i += 1;
+    }
+    None
 }
 
 /// `number LWS method`, number below 2^31, method a token.
@@ -819,6 +915,27 @@ mod tests {
             assert_eq!(class(b) & CTL, ctl * CTL, "{b}");
         }
         assert!(is_token(b"Call-ID") && !is_token(b"A B") && !is_token(b""));
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time searches find what a byte loop finds.
+        #[test]
+        fn word_searches_agree_with_byte_loops(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'\t', b'\r', b'\n', 0, 0x7f, 0x80, 0xff, b';', b' ', 0x1f, 0x20]),
+                0..40,
+            ),
+            from in 0usize..40,
+            to in 0usize..40,
+            c in proptest::sample::select(vec![b';', b'a', 0u8, 0xff]),
+        ) {
+            let from = from.min(bytes.len());
+            let naive_ctl = bytes[from..].iter().position(|b| class(*b) & CTL != 0).map(|i| i + from);
+            proptest::prop_assert_eq!(find_ctl(&bytes, from), naive_ctl);
+            let to = to.clamp(from, bytes.len());
+            let naive = bytes[from..to].iter().position(|b| *b == c).map(|i| i + from);
+            proptest::prop_assert_eq!(find_byte(&bytes, from, to, c), naive);
+        }
     }
 
     #[test]
