@@ -134,6 +134,8 @@ const COMPACT: [HeaderKind; 26] = {
 
 /// Full names folded to lower case (`| 0x20` on each byte, which is exact on token characters),
 /// as two little-endian words; names longer than 16 bytes are compared byte by byte.
+// Indexing in a const block is checked at compile time.
+#[allow(clippy::indexing_slicing)]
 const FOLDED: [[u64; 2]; KINDS] = {
     let mut t = [[0u64; 2]; KINDS];
     let mut k = 0;
