@@ -53,7 +53,7 @@ fn sources() -> &'static [SocketAddr; 2] {
 
 thread_local! {
     /// The worker's scratch: reused across inputs, as a worker reuses it across datagrams.
-    static SCRATCH: RefCell<Box<Parsed>> = RefCell::new(Box::new(Parsed::new()));
+    static SCRATCH: RefCell<Parsed> = RefCell::new(Parsed::new());
 }
 
 fn call_id<'a>(m: &Message<'a>) -> Option<&'a str> {

@@ -149,7 +149,7 @@ impl Responder {
         contact: &str,
         out: &mut Vec<u8>,
     ) -> Outcome {
-        let mut parsed = Box::new(Parsed::new());
+        let mut parsed = Parsed::new();
         self.answer(
             &mut parsed,
             msg,

@@ -144,7 +144,7 @@ pub fn serve(control: Channel, kind: WorkerKind, rank: u32) -> Result<u8, ServeE
         audit,
         last_audit: Instant::now(),
         responder,
-        parsed: Box::new(Parsed::new()),
+        parsed: Parsed::new(),
         shm,
         sockets: HashMap::new(),
         control_buf: buf,
@@ -186,7 +186,7 @@ struct Worker {
     last_audit: Instant,
     responder: Responder,
     /// The parse of the datagram being answered (reused).
-    parsed: Box<Parsed>,
+    parsed: Parsed,
     shm: Attached,
     sockets: HashMap<u32, Served>,
     control_buf: Vec<u8>,

@@ -1,9 +1,10 @@
 //! The parsed representation of one message: byte offsets into the caller's buffer, found by one
 //! scan ([`Parsed::parse`]), read through a [`Message`] view.
 //!
-//! [`Parsed`] holds no reference: it is a reusable scratch (fixed-capacity arrays, reset by each
-//! parse, never reallocated) that a worker keeps for its lifetime, and can be kept next to a buffer
-//! that moves. [`Message`] pairs it with the bytes it was parsed from and hands out slices.
+//! [`Parsed`] holds no reference: it is a reusable scratch (tables allocated once at their full
+//! capacity, cleared by each parse, never grown: memory is touched only as far as a message
+//! reaches) that a worker keeps for its lifetime, and can be kept next to a buffer that moves.
+//! [`Message`] pairs it with the bytes it was parsed from and hands out slices.
 //!
 //! # What a parse gives
 //! Every position is a [`Span`] (`start..end`, absolute offsets into the parsed buffer):
@@ -111,14 +112,6 @@ pub struct Line {
 }
 
 impl Line {
-    const EMPTY: Line = Line {
-        kind: HeaderKind::Other,
-        name: Span { start: 0, end: 0 },
-        value: Span { start: 0, end: 0 },
-        end: 0,
-        folded: false,
-    };
-
     /// The whole line, from its name to its line end included.
     pub fn span(&self) -> Span {
         Span {
@@ -253,8 +246,9 @@ pub struct Header<'a> {
 /// "No line of this kind".
 pub(crate) const NO_LINE: u16 = u16::MAX;
 
-/// What one scan found; reusable (see the module docs). About 9 KiB: keep one per worker, boxed.
-#[derive(Debug, Clone)]
+/// What one scan found; reusable (see the module docs): keep one per worker. Its tables reserve
+/// about 200 KiB of address space at creation, of which a message touches what it fills.
+#[derive(Debug)]
 pub struct Parsed {
     pub(crate) start: Start,
     /// Offset of the start line (CR/LF bytes before it skipped).
@@ -269,14 +263,14 @@ pub struct Parsed {
     /// Bytes of the message (0 until a parse has completed it).
     pub(crate) len: u32,
     pub(crate) content_length: Option<usize>,
-    pub(crate) lines: [Line; MAX_HEADERS],
-    pub(crate) n_lines: u16,
-    pub(crate) vias: [Via; MAX_VIAS],
-    pub(crate) n_vias: u8,
-    pub(crate) routes: [Entry; MAX_ROUTES],
-    pub(crate) n_routes: u8,
-    pub(crate) record_routes: [Entry; MAX_ROUTES],
-    pub(crate) n_record_routes: u8,
+    /// At most [`MAX_HEADERS`] (capacity reserved; the scanner never pushes past it).
+    pub(crate) lines: Vec<Line>,
+    /// At most [`MAX_VIAS`].
+    pub(crate) vias: Vec<Via>,
+    /// At most [`MAX_ROUTES`].
+    pub(crate) routes: Vec<Entry>,
+    /// At most [`MAX_ROUTES`].
+    pub(crate) record_routes: Vec<Entry>,
     /// Index of the first line of each kind, or [`NO_LINE`].
     pub(crate) first: [u16; KINDS],
     /// Lines of each kind.
@@ -313,14 +307,10 @@ impl Parsed {
             body: Span::default(),
             len: 0,
             content_length: None,
-            lines: [Line::EMPTY; MAX_HEADERS],
-            n_lines: 0,
-            vias: [Via::default(); MAX_VIAS],
-            n_vias: 0,
-            routes: [Entry::default(); MAX_ROUTES],
-            n_routes: 0,
-            record_routes: [Entry::default(); MAX_ROUTES],
-            n_record_routes: 0,
+            lines: Vec::with_capacity(MAX_HEADERS),
+            vias: Vec::with_capacity(MAX_VIAS),
+            routes: Vec::with_capacity(MAX_ROUTES),
+            record_routes: Vec::with_capacity(MAX_ROUTES),
             first: [NO_LINE; KINDS],
             count: [0; KINDS],
             empty: 0,
@@ -334,14 +324,14 @@ impl Parsed {
         }
     }
 
-    /// Forget the last message (the arrays keep their stale entries past the counts).
+    /// Forget the last message (the tables keep their capacity).
     pub(crate) fn reset(&mut self) {
         self.len = 0;
         self.content_length = None;
-        self.n_lines = 0;
-        self.n_vias = 0;
-        self.n_routes = 0;
-        self.n_record_routes = 0;
+        self.lines.clear();
+        self.vias.clear();
+        self.routes.clear();
+        self.record_routes.clear();
         self.first = [NO_LINE; KINDS];
         self.count = [0; KINDS];
         self.empty = 0;
@@ -448,8 +438,7 @@ impl<'a> Message<'a> {
 
     /// The header lines, in order.
     pub fn lines(&self) -> &'a [Line] {
-        let n = usize::from(self.parsed.n_lines);
-        self.parsed.lines.get(..n).unwrap_or_default()
+        &self.parsed.lines
     }
 
     /// Number of lines of `kind`.
@@ -494,20 +483,17 @@ impl<'a> Message<'a> {
 
     /// The Via values, top first.
     pub fn vias(&self) -> &'a [Via] {
-        let n = usize::from(self.parsed.n_vias);
-        self.parsed.vias.get(..n).unwrap_or_default()
+        &self.parsed.vias
     }
 
     /// The Route entries, in order.
     pub fn routes(&self) -> &'a [Entry] {
-        let n = usize::from(self.parsed.n_routes);
-        self.parsed.routes.get(..n).unwrap_or_default()
+        &self.parsed.routes
     }
 
     /// The Record-Route entries, in order.
     pub fn record_routes(&self) -> &'a [Entry] {
-        let n = usize::from(self.parsed.n_record_routes);
-        self.parsed.record_routes.get(..n).unwrap_or_default()
+        &self.parsed.record_routes
     }
 
     /// The parameters of `span` (the [`Via::params`] of a Via: text that starts with `;`), as
@@ -651,14 +637,14 @@ impl<'a> Iterator for Headers<'a> {
 
 /// A message parsed with a scratch of its own (allocated): for tests and tools, not for a hot
 /// path. Its [`Parsed`] is reachable through `Deref` (`len()`, `content_length()`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OwnedMessage<'a> {
     buf: &'a [u8],
-    parsed: Box<Parsed>,
+    parsed: Parsed,
 }
 
 impl<'a> OwnedMessage<'a> {
-    pub(crate) fn new(buf: &'a [u8], parsed: Box<Parsed>) -> OwnedMessage<'a> {
+    pub(crate) fn new(buf: &'a [u8], parsed: Parsed) -> OwnedMessage<'a> {
         OwnedMessage { buf, parsed }
     }
 

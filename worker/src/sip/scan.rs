@@ -12,7 +12,7 @@
 
 use super::message::{CSeq, Entry, Line, NameAddr, Param, Parsed, Span, Start, Via, NO_LINE};
 use super::names::{HeaderKind, Method, OptionTags};
-use super::{leading_crlf_len, ParseError, MAX_ROUTES};
+use super::{leading_crlf_len, ParseError, MAX_HEADERS, MAX_ROUTES, MAX_VIAS};
 
 /// Byte classes.
 const CTL: u8 = 1; // stops the line scan: controls but HTAB (CR and LF included), DEL
@@ -332,18 +332,20 @@ fn header_line(p: &mut Parsed, b: &[u8], start: usize) -> Result<usize, Fault> {
     let (lf, folded) = logical_end(b, colon + 1)?;
     let (vs, ve) = trim(b, colon + 1, lf);
     let kind = HeaderKind::lookup(b, start, name_len);
-    let index = usize::from(p.n_lines);
-    let line = p.lines.get_mut(index).ok_or(ParseError::TooManyHeaders)?;
-    *line = Line {
+    let index = p.lines.len();
+    if index == MAX_HEADERS {
+        return Err(ParseError::TooManyHeaders.into());
+    }
+    // Within the capacity reserved at creation: no allocation.
+    p.lines.push(Line {
         kind,
         name: Span::new(start, name_end),
         value: Span::new(vs, ve),
         end: (lf + 1) as u32,
         folded,
-    };
+    });
     // MAX_HEADERS < u16::MAX, so the index fits.
     let index = index as u16;
-    p.n_lines = index + 1;
     let k = kind as usize;
     if let Some(first) = p.first.get_mut(k) {
         if *first == NO_LINE {
@@ -375,19 +377,8 @@ fn header_line(p: &mut Parsed, b: &[u8], start: usize) -> Result<usize, Fault> {
         HeaderKind::MaxForwards if p.count.get(k) == Some(&1) => {
             p.max_forwards = digits(b.get(vs..ve).unwrap_or_default())
         }
-        HeaderKind::Route => {
-            entries(&mut p.routes, &mut p.n_routes, b, vs, ve, index)?;
-        }
-        HeaderKind::RecordRoute => {
-            entries(
-                &mut p.record_routes,
-                &mut p.n_record_routes,
-                b,
-                vs,
-                ve,
-                index,
-            )?;
-        }
+        HeaderKind::Route => entries(&mut p.routes, b, vs, ve, index)?,
+        HeaderKind::RecordRoute => entries(&mut p.record_routes, b, vs, ve, index)?,
         HeaderKind::Supported => p.supported |= option_tags(b, vs, ve),
         HeaderKind::Require => p.require |= option_tags(b, vs, ve),
         HeaderKind::ProxyRequire => p.proxy_require |= option_tags(b, vs, ve),
@@ -471,20 +462,17 @@ fn via_values(
             value_end_quoted(b, pos, ve)
         };
         let value_end = trim_end(b, pos, end);
-        let via = p
-            .vias
-            .get_mut(usize::from(p.n_vias))
-            .ok_or(ParseError::TooManyVias)?;
-        *via = via_value(
+        if p.vias.len() == MAX_VIAS {
+            return Err(ParseError::TooManyVias.into());
+        }
+        p.vias.push(via_value(
             b,
             pos,
             semi.unwrap_or(value_end).min(value_end),
             value_end,
             line,
             simple,
-        );
-        // MAX_VIAS < u8::MAX.
-        p.n_vias += 1;
+        ));
         if end == ve {
             return Ok(());
         }
@@ -803,14 +791,7 @@ fn content_length(text: &[u8]) -> Result<usize, ParseError> {
 
 /// The comma-separated entries of a Route or Record-Route value (commas inside quotes or `<...>`
 /// do not separate).
-fn entries(
-    table: &mut [Entry; MAX_ROUTES],
-    n: &mut u8,
-    b: &[u8],
-    vs: usize,
-    ve: usize,
-    line: u16,
-) -> Result<(), Fault> {
+fn entries(table: &mut Vec<Entry>, b: &[u8], vs: usize, ve: usize, line: u16) -> Result<(), Fault> {
     let mut pos = vs;
     loop {
         let mut quotes = Quotes::default();
@@ -832,15 +813,13 @@ fn entries(
             }
             i += 1;
         }
-        let entry = table
-            .get_mut(usize::from(*n))
-            .ok_or(ParseError::TooManyRoutes)?;
-        *entry = Entry {
+        if table.len() == MAX_ROUTES {
+            return Err(ParseError::TooManyRoutes.into());
+        }
+        table.push(Entry {
             value: Span::new(pos, trim_end(b, pos, end)),
             line,
-        };
-        // MAX_ROUTES < u8::MAX.
-        *n += 1;
+        });
         if end == ve {
             return Ok(());
         }

@@ -144,7 +144,7 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
         control_again: false,
         poll,
         responder,
-        parsed: Box::new(Parsed::new()),
+        parsed: Parsed::new(),
         shm,
         settings,
         max_head,
@@ -196,7 +196,7 @@ struct Worker {
     poll: Poll,
     responder: Responder,
     /// The parse of the message being answered (reused).
-    parsed: Box<Parsed>,
+    parsed: Parsed,
     shm: Attached,
     settings: StreamSettings,
     max_head: usize,
