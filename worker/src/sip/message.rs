@@ -13,12 +13,12 @@
 //!   line end;
 //! - every header line, in order ([`Message::lines`]): name, value (trimmed; folds inside are kept,
 //!   [`Line::folded`] says so), the whole line with its line end ([`Line::span`]) and its
-//!   [`HeaderKind`]; at most [`MAX_HEADERS`](super::MAX_HEADERS);
+//!   [`HeaderKind`]; at most [`MAX_HEADERS`];
 //! - every Via value ([`Message::vias`]; one header line may carry several, comma-separated), top
 //!   first: its span, its header line, transport, sent-by (host, port) and its `branch`, `rport`
-//!   and `received` parameters; at most [`MAX_VIAS`](super::MAX_VIAS);
+//!   and `received` parameters; at most [`MAX_VIAS`];
 //! - every Route and Record-Route entry ([`Message::routes`], [`Message::record_routes`]), in
-//!   order, with their header line; at most [`MAX_ROUTES`](super::MAX_ROUTES) of each;
+//!   order, with their header line; at most [`MAX_ROUTES`] of each;
 //! - From and To ([`NameAddr`]: value, `tag` parameter), Call-ID, CSeq (number, method), Max-Forwards
 //!   (value), Content-Length, the option tags of Supported / Require / Proxy-Require
 //!   ([`OptionTags`]), and for any kind the number of lines and the first one
@@ -247,7 +247,7 @@ pub struct Header<'a> {
 pub(crate) const NO_LINE: u16 = u16::MAX;
 
 /// What one scan found; reusable (see the module docs): keep one per worker. Its tables reserve
-/// about 200 KiB of address space at creation, of which a message touches what it fills.
+/// about 160 KiB of address space at creation, of which a message touches what it fills.
 #[derive(Debug)]
 pub struct Parsed {
     pub(crate) start: Start,

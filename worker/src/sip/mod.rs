@@ -23,8 +23,8 @@
 //!   discarded and a shorter body is an error; when absent, the body is the rest of the datagram.
 //!   On a stream ([`frame_len`], [`Parsed::frame_stream`]) it is required;
 //! - at most [`MAX_HEADERS`] header lines, [`MAX_VIAS`] Via values and [`MAX_ROUTES`] Route (and as
-//!   many Record-Route) entries: a message with more is refused, so that the representation is
-//!   fixed-size and nothing is allocated for it.
+//!   many Record-Route) entries: a message with more is refused, so that the tables of a
+//!   [`Parsed`] have a fixed capacity, reserved once, and nothing is allocated per message.
 //!
 //! When a message has several faults, the error named is, in this order: the header section not
 //! terminated, not UTF-8, a control character in it, then the first syntax error from the top.
