@@ -427,6 +427,7 @@ fn the_nasty_rows_seed_the_datagram_fuzzer() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sip_datagram");
     let write = std::env::var_os("SIPSOCKD_WRITE_SEEDS").is_some();
     let mut missing = Vec::new();
+    let mut wanted = std::collections::HashSet::new();
     for row in nasty_rows::rows()
         .into_iter()
         .filter(|r| r.msg.len() <= 4096)
@@ -443,6 +444,7 @@ fn the_nasty_rows_seed_the_datagram_fuzzer() {
             })
             .collect();
         let path = dir.join(format!("nasty-{slug}"));
+        wanted.insert(path.clone());
         match std::fs::read(&path) {
             Ok(bytes) if bytes == row.msg => {}
             _ if write => std::fs::write(&path, &row.msg).unwrap(),
@@ -453,6 +455,19 @@ fn the_nasty_rows_seed_the_datagram_fuzzer() {
         missing.is_empty(),
         "seeds missing or stale (run with SIPSOCKD_WRITE_SEEDS=1): {missing:?}"
     );
+    // And no seed is left from a row that is gone.
+    let orphans: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("nasty-")
+        })
+        .filter(|p| !wanted.contains(p))
+        .collect();
+    assert!(orphans.is_empty(), "seeds of no row: {orphans:?}");
 }
 
 const MESSAGES: &[&[u8]] = &[
