@@ -56,7 +56,7 @@ fn shm() -> &'static Attached {
     static T: OnceLock<(Table, Attached)> = OnceLock::new();
     &T.get_or_init(|| {
         let path = std::env::temp_dir().join(format!("sipsockd-fuzz-ws-{}", std::process::id()));
-        let table = Table::create(&path, 1, 0, 1).expect("a shm table");
+        let table = Table::create(&path, 1, 0, 1, 0).expect("a shm table");
         let attached =
             Attached::from_file(table.file().try_clone().expect("the table's file")).unwrap();
         let _ = std::fs::remove_file(&path);

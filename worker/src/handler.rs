@@ -1,13 +1,19 @@
 //! The transport-independent SIP responder.
 //!
-//! Given one message and where it came from, writes the stateless reply (if any) into a buffer the
-//! caller reuses: `200 OK` to OPTIONS, the configured `[sip] reply_code` / `reply_reason` to any
-//! other request but ACK; nothing to ACK, responses and keep-alives. The reply copies Via (the top
-//! one with `received` and a filled `rport`, RFC 3261 §18.2.1 and RFC 3581), From, To (with a tag
-//! added when absent), Call-ID and CSeq as RFC 3261 §8.2.6 says.
+//! Given one parsed message and where it came from, writes the stateless reply (if any) into a
+//! buffer the caller reuses: `200 OK` to OPTIONS, the configured `[sip] reply_code` /
+//! `reply_reason` to any other request but ACK; nothing to ACK, responses and keep-alives. The
+//! reply copies Via (the top one with `received` and a filled `rport`, RFC 3261 §18.2.1 and
+//! RFC 3581), From, To (with a tag added when absent), Call-ID and CSeq as RFC 3261 §8.2.6 says.
 //!
-//! This module does no I/O and keeps no state between messages: the UDP loop uses it today and
-//! the stream transports will later. It never panics and allocates nothing but `out`'s growth.
+//! No formatting machinery on the way: what depends on the socket (the Contact of a 200 to OPTIONS,
+//! the Server header, the end of the reply) is rendered once into [`SocketParts`] when the socket
+//! is handed over or updated; the reply is then the status line, the copied header values (spans
+//! of the request, unfolded only when a value holds a fold), a To tag in hex, the source address
+//! and port written by hand, and the socket's tail.
+//!
+//! This module does no I/O and keeps no state between messages: the UDP loop and the stream
+//! connections use it. It never panics and allocates nothing but `out`'s growth.
 #![cfg_attr(
     not(test),
     deny(
@@ -18,12 +24,11 @@
     )
 )]
 
-use crate::sip::{self, HeaderKind, Message, StartLine};
+use crate::sip::{self, HeaderKind, Line, Message, Method, Parsed, Span, Start, Via};
 use shm::Proto;
-use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-/// What [`Responder::respond`] did with a message.
+/// What [`Responder::reply`] did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A reply is in `out`.
@@ -35,15 +40,45 @@ pub enum Outcome {
     Malformed,
 }
 
+/// `Server: sipsockd/VERSION`, in every reply.
+const SERVER: &str = concat!("Server: sipsockd/", env!("CARGO_PKG_VERSION"), "\r\n");
+
+/// The end of a reply to a request other than OPTIONS.
+const TAIL: &[u8] = concat!(
+    "Server: sipsockd/",
+    env!("CARGO_PKG_VERSION"),
+    "\r\nContent-Length: 0\r\n\r\n"
+)
+.as_bytes();
+
+/// The parts of a reply that depend on the receiving socket, rendered once per socket (at its
+/// hand-over and at each in-place update) so that answering writes no formatted text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketParts {
+    /// The end of a 200 to OPTIONS: Contact, Server, `Content-Length: 0`, the empty line.
+    options_tail: Box<[u8]>,
+}
+
+impl SocketParts {
+    /// For a socket of transport `proto` whose advertised (or bound) `host:port` is `contact`.
+    pub fn new(contact: &str, proto: Proto) -> SocketParts {
+        SocketParts {
+            options_tail: format!(
+                "Contact: <sip:{contact};transport={proto}>\r\n{SERVER}Content-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        }
+    }
+}
+
 /// Stateless SIP replies; one per worker, shared by every socket it serves.
 #[derive(Debug, Clone)]
 pub struct Responder {
     reply_code: u16,
     reply_reason: String,
     /// `SIP/2.0 CODE REASON\r\n` for requests other than OPTIONS.
-    status_line: String,
-    /// `Server: sipsockd/VERSION\r\n`.
-    server: String,
+    status_line: Box<[u8]>,
 }
 
 impl Responder {
@@ -65,8 +100,9 @@ impl Responder {
             .trim()
             .to_string();
         Responder {
-            status_line: format!("SIP/2.0 {reply_code} {reply_reason}\r\n"),
-            server: format!("Server: sipsockd/{}\r\n", env!("CARGO_PKG_VERSION")),
+            status_line: format!("SIP/2.0 {reply_code} {reply_reason}\r\n")
+                .into_bytes()
+                .into_boxed_slice(),
             reply_code,
             reply_reason,
         }
@@ -82,9 +118,29 @@ impl Responder {
         &self.reply_reason
     }
 
-    /// Answer one message received on `transport` from `source`. `contact` is the `host:port` of
-    /// the receiving socket put in the Contact of a 200 to OPTIONS. `out` is cleared first and
-    /// holds the reply when the outcome is [`Outcome::Replied`].
+    /// Answer one datagram (or one message a stream transport delivered whole): keep-alives are
+    /// ignored, the rest is parsed into `parsed` (the worker's scratch) and answered by
+    /// [`Responder::reply`].
+    pub fn answer(
+        &self,
+        parsed: &mut Parsed,
+        msg: &[u8],
+        source: SocketAddr,
+        socket: &SocketParts,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
+        out.clear();
+        if sip::is_keepalive(msg) {
+            return Outcome::Ignored;
+        }
+        match parsed.parse(msg) {
+            Ok(message) => self.reply(&message, source, socket, out),
+            Err(_) => Outcome::Malformed,
+        }
+    }
+
+    /// [`Responder::answer`] with a scratch and socket parts of its own (allocated): for tests and
+    /// tools, not for a serving loop. `contact` is the `host:port` of the receiving socket.
     pub fn respond(
         &self,
         msg: &[u8],
@@ -93,178 +149,382 @@ impl Responder {
         contact: &str,
         out: &mut Vec<u8>,
     ) -> Outcome {
+        let mut parsed = Parsed::new();
+        self.answer(
+            &mut parsed,
+            msg,
+            source,
+            &SocketParts::new(contact, transport),
+            out,
+        )
+    }
+
+    /// Answer one parsed message from `source`, received on the socket `socket` describes. `out`
+    /// is cleared first and holds the reply when the outcome is [`Outcome::Replied`].
+    pub fn reply(
+        &self,
+        m: &Message<'_>,
+        source: SocketAddr,
+        socket: &SocketParts,
+        out: &mut Vec<u8>,
+    ) -> Outcome {
         out.clear();
-        if sip::is_keepalive(msg) {
+        let Start::Request {
+            method,
+            method_span,
+            ..
+        } = m.start()
+        else {
             return Outcome::Ignored;
-        }
-        let Ok(message) = sip::parse(msg) else {
+        };
+        let Some(fields) = Required::find(m, method_span) else {
             return Outcome::Malformed;
         };
-        let method = match message.start_line() {
-            StartLine::Response { .. } => return Outcome::Ignored,
-            StartLine::Request { method, .. } => method,
-        };
-        let Some(fields) = Required::find(&message, method) else {
-            return Outcome::Malformed;
-        };
-        if method == "ACK" {
+        if method == Method::Ack {
             return Outcome::Ignored;
         }
-        let options = method == "OPTIONS";
+        let options = method == Method::Options;
         let code = if options { 200 } else { self.reply_code };
-        if options {
-            out.extend_from_slice(b"SIP/2.0 200 OK\r\n");
+        out.extend_from_slice(if options {
+            b"SIP/2.0 200 OK\r\n"
         } else {
-            out.extend_from_slice(self.status_line.as_bytes());
-        }
-        let mut top = true;
-        for via in message.headers().filter(|h| h.kind == HeaderKind::Via) {
-            out.extend_from_slice(b"Via: ");
-            if top {
-                put_top_via(out, via.value, source);
-                top = false;
-            } else {
-                sip::put_unfolded(out, via.value);
+            &self.status_line
+        });
+        let vias = m.vias();
+        let lines = m.lines();
+        out.extend_from_slice(b"Via: ");
+        put_top_via(out, m, vias, lines, source);
+        out.extend_from_slice(b"\r\n");
+        let mut last = fields.top.line;
+        for via in vias.iter().skip(1) {
+            if via.line == last {
+                continue;
             }
-            out.extend_from_slice(b"\r\n");
+            last = via.line;
+            if let Some(line) = lines.get(usize::from(via.line)) {
+                put_header(out, b"Via: ", m, line.value, line.folded);
+            }
         }
-        put_header(out, "From", fields.from);
+        put_header(out, b"From: ", m, fields.from.value, fields.from.folded);
         out.extend_from_slice(b"To: ");
-        sip::put_unfolded(out, fields.to);
+        put_value(out, m, fields.to.value, fields.to.folded);
         // RFC 3261 §8.2.6.2: a tag unless the request had one; 100 Trying never gets one. The tag
         // is a function of the dialog so that a retransmission answered by any worker gets the
         // same one.
-        let to_params = sip::header_params(fields.to);
-        if code != 100 && sip::find_param(to_params, "tag").is_none() {
-            let from_tag = sip::find_param(sip::header_params(fields.from), "tag")
-                .flatten()
-                .unwrap_or("");
+        if code != 100 && !fields.to_tagged {
             out.extend_from_slice(b";tag=");
-            sip::put_hex64(out, to_tag(fields.call_id, from_tag));
+            put_hex64(
+                out,
+                to_tag(m.bytes(fields.call_id.value), m.bytes(fields.from_tag)),
+            );
         }
         out.extend_from_slice(b"\r\n");
-        put_header(out, "Call-ID", fields.call_id);
-        put_header(out, "CSeq", fields.cseq);
-        if options {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "Contact: <sip:{contact};transport={transport}>\r\n");
-        }
-        out.extend_from_slice(self.server.as_bytes());
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        put_header(
+            out,
+            b"Call-ID: ",
+            m,
+            fields.call_id.value,
+            fields.call_id.folded,
+        );
+        put_header(out, b"CSeq: ", m, fields.cseq.value, fields.cseq.folded);
+        out.extend_from_slice(if options { &socket.options_tail } else { TAIL });
         Outcome::Replied
     }
 }
 
-/// The headers every request must carry once (Via at least once), as RFC 3261 §8.1.1 says.
+/// What a reply copies, from a request that carries every header RFC 3261 §8.1.1 requires: Via
+/// (at least one, none empty, the top one usable), From, To, Call-ID and CSeq exactly once and not
+/// empty, the CSeq method being the request's.
 struct Required<'a> {
-    from: &'a str,
-    to: &'a str,
-    call_id: &'a str,
-    cseq: &'a str,
+    top: &'a Via,
+    from: &'a Line,
+    to: &'a Line,
+    call_id: &'a Line,
+    cseq: &'a Line,
+    /// The From tag's value ("" when there is none, or when it has no value).
+    from_tag: Span,
+    /// The To has a tag.
+    to_tagged: bool,
 }
 
 impl<'a> Required<'a> {
-    fn find(message: &Message<'a>, method: &str) -> Option<Required<'a>> {
-        let (mut top_via, mut from, mut to, mut call_id, mut cseq) = (None, None, None, None, None);
-        for h in message.headers() {
-            match h.kind {
-                HeaderKind::Via => {
-                    if h.value.is_empty() {
-                        return None;
-                    }
-                    top_via.get_or_insert(h.value);
-                }
-                HeaderKind::From => set_once(&mut from, h.value)?,
-                HeaderKind::To => set_once(&mut to, h.value)?,
-                HeaderKind::CallId => set_once(&mut call_id, h.value)?,
-                HeaderKind::CSeq => set_once(&mut cseq, h.value)?,
-                _ => {}
-            }
+    fn find(m: &Message<'a>, method: Span) -> Option<Required<'a>> {
+        if m.has_empty(HeaderKind::Via) {
+            return None;
         }
-        let (cseq_method_ok, cseq) = match cseq.map(|v| (sip::parse_cseq(v), v)) {
-            Some((Some((_, m)), v)) => (m == method, v),
-            _ => return None,
+        let once = |kind| {
+            if m.count(kind) == 1 && !m.has_empty(kind) {
+                m.first(kind)
+            } else {
+                None
+            }
         };
-        if !cseq_method_ok || !valid_via(top_via?) {
+        let (from, to, call_id, cseq) = (
+            once(HeaderKind::From)?,
+            once(HeaderKind::To)?,
+            once(HeaderKind::CallId)?,
+            once(HeaderKind::CSeq)?,
+        );
+        let cseq_method = m.cseq()?.method;
+        let top = m.vias().first().filter(|v| v.is_usable())?;
+        if m.bytes(cseq_method) != m.bytes(method) {
             return None;
         }
         Some(Required {
-            from: from?,
-            to: to?,
-            call_id: call_id?,
+            top,
+            from,
+            to,
+            call_id,
             cseq,
+            from_tag: m
+                .from()
+                .and_then(|f| f.tag)
+                .and_then(|t| t.value)
+                .unwrap_or_default(),
+            to_tagged: m.to().is_some_and(|t| t.tag.is_some()),
         })
     }
 }
 
-/// Keep the first non-empty value; a second one (or an empty one) makes the request malformed.
-fn set_once<'a>(slot: &mut Option<&'a str>, value: &'a str) -> Option<()> {
-    if slot.is_some() || value.is_empty() {
-        return None;
-    }
-    *slot = Some(value);
-    Some(())
-}
-
-/// `SIP/2.0/TRANSPORT sent-by`, the least a top Via needs for a reply to make sense.
-fn valid_via(value: &str) -> bool {
-    let (first, _) = sip::split_first_value(value);
-    let (sent_by, _) = sip::via_params(first);
-    let Some((protocol, host)) = sent_by.split_once(sip::is_lws) else {
-        return false;
-    };
-    let protocol_ok = protocol
-        .get(..8)
-        .is_some_and(|p| p.eq_ignore_ascii_case("SIP/2.0/"))
-        && protocol.len() > 8;
-    protocol_ok && !host.trim_matches(sip::is_lws).is_empty()
-}
-
-fn put_header(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    sip::put_unfolded(out, value);
+/// `NAME` (with its `: `), the value, CRLF.
+fn put_header(out: &mut Vec<u8>, name: &[u8], m: &Message<'_>, value: Span, folded: bool) {
+    out.extend_from_slice(name);
+    put_value(out, m, value, folded);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A value, unfolded when its line was folded.
+fn put_value(out: &mut Vec<u8>, m: &Message<'_>, value: Span, folded: bool) {
+    if folded {
+        sip::put_unfolded_bytes(out, m.bytes(value));
+    } else {
+        out.extend_from_slice(m.bytes(value));
+    }
 }
 
 /// The top Via, with `received=SOURCE_IP` (an existing one replaced) and a valueless `rport`
 /// filled with the source port; the other values of the same header line follow unchanged.
-fn put_top_via(out: &mut Vec<u8>, value: &str, source: SocketAddr) {
-    let (first, others) = sip::split_first_value(value);
-    let (sent_by, params) = sip::via_params(first);
-    sip::put_unfolded(out, sent_by);
-    for param in sip::params(params) {
-        if param.name.eq_ignore_ascii_case("received") {
-            continue;
-        }
-        out.push(b';');
-        if param.name.eq_ignore_ascii_case("rport") && param.value.is_none() {
-            let _ = write!(out, "rport={}", source.port());
-        } else {
-            sip::put_unfolded(out, param.raw);
-        }
+fn put_top_via(
+    out: &mut Vec<u8>,
+    m: &Message<'_>,
+    vias: &[Via],
+    lines: &[Line],
+    source: SocketAddr,
+) {
+    let Some(top) = vias.first() else {
+        return;
+    };
+    if top.plain {
+        put_plain_via(out, m, top, source.port());
+    } else {
+        put_via_by_params(out, m, top, source.port());
     }
     // An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d; the Via wants a.b.c.d. IPv6
     // goes without brackets, as RFC 3261's `received` grammar has it.
-    let _ = write!(out, ";received={}", source.ip().to_canonical());
-    if let Some(others) = others {
+    out.extend_from_slice(b";received=");
+    put_ip(out, source.ip().to_canonical());
+    let next = vias.get(1).filter(|v| v.line == top.line);
+    if let (Some(next), Some(line)) = (next, lines.get(usize::from(top.line))) {
         out.extend_from_slice(b", ");
-        sip::put_unfolded(out, others);
+        let others = Span {
+            start: next.value.start,
+            end: line.value.end,
+        };
+        put_value(out, m, others, line.folded);
+    }
+}
+
+/// A Via value in the simple form ([`Via`]'s `plain`): copied, less its `received` parameter, with
+/// `=PORT` after a valueless `rport`.
+fn put_plain_via(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
+    let buf = m.buf();
+    let copy = |out: &mut Vec<u8>, from: usize, to: usize| {
+        out.extend_from_slice(buf.get(from..to).unwrap_or_default());
+    };
+    let mut at = via.value.start as usize;
+    // The `received` parameter and the `;` before it.
+    let removed = via.received.map(|p| {
+        (
+            (p.span.start as usize).saturating_sub(1),
+            p.span.end as usize,
+        )
+    });
+    let fill = via
+        .rport
+        .filter(|p| p.value.is_none())
+        .map(|p| p.span.end as usize);
+    let put_fill = |out: &mut Vec<u8>, at: &mut usize, to: usize| {
+        copy(out, *at, to);
+        out.extend_from_slice(b"=");
+        put_u32(out, u32::from(port));
+        *at = to;
+    };
+    match (removed, fill) {
+        (Some((from, to)), Some(f)) if f <= from => {
+            put_fill(out, &mut at, f);
+            copy(out, at, from);
+            at = to;
+        }
+        (Some((from, to)), fill) => {
+            copy(out, at, from);
+            at = to;
+            if let Some(f) = fill {
+                put_fill(out, &mut at, f);
+            }
+        }
+        (None, Some(f)) => put_fill(out, &mut at, f),
+        (None, None) => {}
+    }
+    copy(out, at, via.value.end as usize);
+}
+
+/// Any Via value: the sent-by unfolded, then each parameter but `received` (blanks around it
+/// dropped, folds unfolded, a valueless `rport` filled).
+#[cold]
+fn put_via_by_params(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
+    let buf = m.buf();
+    let start = via.value.start as usize;
+    let mut sent_by_end = via.params.start as usize;
+    while sent_by_end > start
+        && buf
+            .get(sent_by_end - 1)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        sent_by_end -= 1;
+    }
+    sip::put_unfolded_bytes(out, buf.get(start..sent_by_end).unwrap_or_default());
+    if via.params.is_empty() {
+        return;
+    }
+    for (param, name) in m.params(via.params) {
+        let name = m.bytes(name);
+        if name.eq_ignore_ascii_case(b"received") {
+            continue;
+        }
+        out.push(b';');
+        if name.eq_ignore_ascii_case(b"rport") && param.value.is_none() {
+            out.extend_from_slice(b"rport=");
+            put_u32(out, u32::from(port));
+        } else {
+            sip::put_unfolded_bytes(out, m.bytes(param.span));
+        }
     }
 }
 
 /// The To tag given to a request without one: 64-bit FNV-1a of Call-ID and From tag.
 /// Deterministic across processes and runs, unlike std's randomly keyed hasher.
-pub(crate) fn to_tag(call_id: &str, from_tag: &str) -> u64 {
+pub(crate) fn to_tag(call_id: &[u8], from_tag: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut hash = OFFSET;
     // 0xff never occurs in UTF-8, so ("ab", "c") and ("a", "bc") hash apart.
-    for b in call_id.bytes().chain([0xff]).chain(from_tag.bytes()) {
-        hash ^= u64::from(b);
+    for b in call_id.iter().chain(&[0xff]).chain(from_tag) {
+        hash ^= u64::from(*b);
         hash = hash.wrapping_mul(PRIME);
     }
     hash
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_digit(n: u64) -> u8 {
+    HEX.get((n & 0xf) as usize).copied().unwrap_or(b'0')
+}
+
+/// Write `n` as 16 lower-case hex digits.
+fn put_hex64(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = hex_digit(n >> (60 - 4 * i));
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// Write `n` in decimal.
+fn put_u32(out: &mut Vec<u8>, mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || at == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
+/// Write an address as `Display` does (IPv6 per RFC 5952: lower-case, longest run of two or more
+/// zero groups as `::`, the first such run on a tie).
+fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => put_ipv4(out, v4),
+        IpAddr::V6(v6) => put_ipv6(out, v6),
+    }
+}
+
+fn put_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        put_u32(out, u32::from(octet));
+    }
+}
+
+fn put_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        out.extend_from_slice(b"::ffff:");
+        put_ipv4(out, v4);
+        return;
+    }
+    let groups = ip.segments();
+    // The longest run of zero groups (the first one on a tie).
+    let (mut best, mut best_len, mut run, mut run_len) = (0, 0, 0, 0);
+    for (i, g) in groups.iter().enumerate() {
+        if *g == 0 {
+            if run_len == 0 {
+                run = i;
+            }
+            run_len += 1;
+            if run_len > best_len {
+                (best, best_len) = (run, run_len);
+            }
+        } else {
+            run_len = 0;
+        }
+    }
+    let put_groups = |out: &mut Vec<u8>, groups: &[u16]| {
+        for (i, g) in groups.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            put_hex16(out, *g);
+        }
+    };
+    if best_len > 1 {
+        put_groups(out, groups.get(..best).unwrap_or_default());
+        out.extend_from_slice(b"::");
+        put_groups(out, groups.get(best + best_len..).unwrap_or_default());
+    } else {
+        put_groups(out, &groups);
+    }
+}
+
+/// Hex without leading zeros.
+fn put_hex16(out: &mut Vec<u8>, g: u16) {
+    let g = u64::from(g);
+    let mut started = false;
+    for shift in [12, 8, 4, 0] {
+        let d = (g >> shift) & 0xf;
+        if d != 0 || started || shift == 0 {
+            out.push(hex_digit(d));
+            started = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,7 +546,7 @@ mod tests {
     }
 
     fn tag(call_id: &str, from_tag: &str) -> String {
-        format!("{:016x}", to_tag(call_id, from_tag))
+        format!("{:016x}", to_tag(call_id.as_bytes(), from_tag.as_bytes()))
     }
 
     fn server() -> String {
@@ -404,7 +664,7 @@ mod tests {
         let other = reply(&msg.replace_call_id(), SRC4).1;
         let tag_of = |s: &str| s.split("To: <sip:x>;tag=").nth(1).unwrap()[..16].to_string();
         assert_ne!(tag_of(&first), tag_of(&other));
-        assert_ne!(to_tag("ab", "c"), to_tag("a", "bc"));
+        assert_ne!(to_tag(b"ab", b"c"), to_tag(b"a", b"bc"));
     }
 
     trait ReplaceCallId {

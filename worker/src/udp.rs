@@ -26,8 +26,9 @@
 
 use crate::channel::Channel;
 use crate::control::{self, Entry, Flow, Received, ServeError};
-use crate::handler::{Outcome, Responder};
+use crate::handler::{Outcome, Responder, SocketParts};
 use crate::ipc::{FromWorker, SocketInfo, ToWorker};
+use crate::sip::Parsed;
 use crate::sys::{self, Datagram, Poller, RecvBatch, SendBatch};
 use shm::{Attached, Proto, WorkerKind};
 use std::collections::HashMap;
@@ -73,6 +74,7 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
         audit,
         last_audit: Instant::now(),
         responder: setup.responder,
+        parsed: Parsed::new(),
         shm: setup.shm,
         sockets: HashMap::new(),
         control_buf: buf,
@@ -89,6 +91,8 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
 struct Served {
     socket: UdpSocket,
     info: SocketInfo,
+    /// The reply parts rendered from `info` (its Contact).
+    parts: SocketParts,
 }
 
 struct Worker {
@@ -104,6 +108,8 @@ struct Worker {
     audit: Poller,
     last_audit: Instant,
     responder: Responder,
+    /// The parse of the datagram being answered (reused).
+    parsed: Parsed,
     shm: Attached,
     sockets: HashMap<u32, Served>,
     control_buf: Vec<u8>,
@@ -286,7 +292,15 @@ impl Worker {
             self.rank,
             info.slot
         );
-        self.sockets.insert(info.slot, Served { socket, info });
+        let parts = SocketParts::new(&info.contact, Proto::Udp);
+        self.sockets.insert(
+            info.slot,
+            Served {
+                socket,
+                info,
+                parts,
+            },
+        );
         Ok(())
     }
 
@@ -302,6 +316,9 @@ impl Worker {
                         info.local,
                         served.info.local
                     );
+                }
+                if served.info.contact != info.contact {
+                    served.parts = SocketParts::new(&info.contact, Proto::Udp);
                 }
                 served.info.contact = info.contact;
                 served.info.tag = info.tag;
@@ -331,6 +348,7 @@ impl Worker {
             kind,
             rank,
             responder,
+            parsed,
             shm,
             sockets,
             recv,
@@ -360,7 +378,7 @@ impl Worker {
                 let Some(out) = replies.get_mut(dests.len()) else {
                     continue;
                 };
-                if let Some(to) = answer(responder, &datagram, &served.info.contact, out) {
+                if let Some(to) = answer(responder, parsed, &datagram, &served.parts, out) {
                     dests.push(to);
                 }
             }
@@ -383,15 +401,16 @@ impl Worker {
 /// The reply to one datagram goes in `out`; returns where to send it, or `None` (dropped).
 fn answer(
     responder: &Responder,
+    parsed: &mut Parsed,
     datagram: &Datagram<'_>,
-    contact: &str,
+    parts: &SocketParts,
     out: &mut Vec<u8>,
 ) -> Option<SocketAddr> {
     let source = datagram.source?;
     if datagram.truncated {
         return None;
     }
-    match responder.respond(datagram.payload, Proto::Udp, source, contact, out) {
+    match responder.answer(parsed, datagram.payload, source, parts, out) {
         Outcome::Replied => Some(source),
         Outcome::Ignored | Outcome::Malformed => None,
     }

@@ -20,8 +20,8 @@
 use super::framing::{Deframer, Item};
 use super::link::Link;
 use super::ws::{self, Upgrade};
-use crate::handler::{Outcome, Responder};
-use crate::sip;
+use crate::handler::{Outcome, Responder, SocketParts};
+use crate::sip::{self, Parsed};
 use mio::net::TcpStream;
 use shm::{Attached, Proto, WorkerRecord};
 use std::io::{self, Read, Write};
@@ -130,8 +130,10 @@ impl Counters<'_> {
 /// What a drive needs from the worker.
 pub(crate) struct Ctx<'a> {
     pub responder: &'a Responder,
-    /// `host:port` for the Contact of replies: the socket's current advertised address.
-    pub contact: &'a str,
+    /// The parse of the message being answered, shared by all connections.
+    pub parsed: &'a mut Parsed,
+    /// The reply parts of the connection's socket (its current advertised address).
+    pub parts: Option<&'a SocketParts>,
     /// Read buffer shared by all connections.
     pub scratch: &'a mut [u8],
     /// Reply buffer shared by all connections.
@@ -372,7 +374,7 @@ impl Conn {
             };
             input.extend(ctx.scratch.get(..n).unwrap_or_default());
             loop {
-                match input.next() {
+                match input.next(ctx.parsed) {
                     Ok(None) => break,
                     Ok(Some(Item::Ping)) => {
                         self.lifetime_at = ctx.now + ctx.lifetime;
@@ -380,7 +382,7 @@ impl Conn {
                     }
                     Ok(Some(Item::Message(msg))) => {
                         self.lifetime_at = ctx.now + ctx.lifetime;
-                        if answer(ctx, msg, self.proto, self.peer) {
+                        if answer(ctx, msg, Parse::Done, self.proto, self.peer) {
                             out.push(ctx.reply);
                         }
                     }
@@ -501,7 +503,7 @@ impl Conn {
             if sip::is_keepalive(&bytes) {
                 continue;
             }
-            if !answer(ctx, &bytes, self.proto, self.peer) {
+            if !answer(ctx, &bytes, Parse::Needed, self.proto, self.peer) {
                 continue;
             }
             let reply = if text {
@@ -536,13 +538,36 @@ impl Conn {
     }
 }
 
+/// Whether a message's parse is already in `Ctx::parsed`.
+enum Parse {
+    /// The deframer left it there.
+    Done,
+    Needed,
+}
+
 /// Count one received message and put its reply (if any) in `ctx.reply`: true when replied.
-fn answer(ctx: &mut Ctx<'_>, msg: &[u8], proto: Proto, peer: SocketAddr) -> bool {
+fn answer(ctx: &mut Ctx<'_>, msg: &[u8], parse: Parse, proto: Proto, peer: SocketAddr) -> bool {
     ctx.counters.received();
-    match ctx
-        .responder
-        .respond(msg, proto, peer, ctx.contact, ctx.reply)
-    {
+    let fallback;
+    let parts = match ctx.parts {
+        Some(parts) => parts,
+        // A connection outlives no socket of its worker; should it, its replies name no address.
+        None => {
+            fallback = SocketParts::new("", proto);
+            &fallback
+        }
+    };
+    let framed = match parse {
+        Parse::Done => ctx.parsed.message(msg),
+        Parse::Needed => None,
+    };
+    let outcome = match framed {
+        Some(message) => ctx.responder.reply(&message, peer, parts, ctx.reply),
+        None => ctx
+            .responder
+            .answer(ctx.parsed, msg, peer, parts, ctx.reply),
+    };
+    match outcome {
         Outcome::Replied => {
             ctx.counters.replied();
             true

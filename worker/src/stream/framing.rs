@@ -1,10 +1,12 @@
 //! SIP message framing on one byte stream (RFC 3261 §18.3), incremental.
 //!
 //! Owns a connection's input buffer: bytes go in as they are read, whole messages and keep-alive
-//! pings come out. The syntax decisions are [`sip::stream_frame_len`]'s; this type only makes
-//! them cheap on a stream that trickles in: each byte is scanned once for the end of the header
-//! section, and the framing function runs once at the first line end (to refuse junk before the
-//! rest arrives) and once when the header section is complete, never per read. No I/O here.
+//! pings come out. The syntax decisions are [`Parsed::frame_stream`]'s (the parser's one scan);
+//! this type only makes them cheap on a stream that trickles in: each byte is scanned once for the
+//! end of the header section, and the framing scan runs once at the first line end (to refuse junk
+//! before the rest arrives) and once when the header section is complete, never per read. A
+//! message handed out comes with its parse in the caller's [`Parsed`]: framed whole in one go, it
+//! is not parsed again; framed before its body arrived, it is parsed when handed out. No I/O here.
 #![cfg_attr(
     not(test),
     deny(
@@ -15,7 +17,7 @@
     )
 )]
 
-use crate::sip::{self, ParseError};
+use crate::sip::{ParseError, Parsed};
 
 /// The RFC 5626 §3.5.1 keep-alive ping; its pong is one CRLF.
 const PING: &[u8] = b"\r\n\r\n";
@@ -41,6 +43,8 @@ pub(crate) struct Deframer {
     first_line_checked: bool,
     /// The length of the pending message, once its header section is complete.
     frame: Option<usize>,
+    /// The caller's `Parsed` describes the pending message (it was framed whole in this call).
+    fresh: bool,
     max_head: usize,
     max_body: usize,
 }
@@ -54,6 +58,7 @@ impl Deframer {
             scanned: 0,
             first_line_checked: false,
             frame: None,
+            fresh: false,
             max_head,
             max_body,
         }
@@ -78,8 +83,9 @@ impl Deframer {
     }
 
     /// The next ping or message, `Ok(None)` when more bytes are needed, `Err` when the stream
-    /// cannot be framed (the connection must be closed).
-    pub(crate) fn next(&mut self) -> Result<Option<Item<'_>>, ParseError> {
+    /// cannot be framed (the connection must be closed). When it is a message, `parsed` holds its
+    /// parse: [`Parsed::message`] reads it.
+    pub(crate) fn next(&mut self, parsed: &mut Parsed) -> Result<Option<Item<'_>>, ParseError> {
         loop {
             let pending = self.buf.get(self.start..).unwrap_or_default();
             if let Some(total) = self.frame {
@@ -91,7 +97,12 @@ impl Deframer {
                 self.frame = None;
                 self.scanned = 0;
                 self.first_line_checked = false;
-                return Ok(self.buf.get(at..at + total).map(Item::Message));
+                let message = self.buf.get(at..at + total).unwrap_or_default();
+                if !std::mem::take(&mut self.fresh) {
+                    // Framed in an earlier call: `parsed` has served other connections since.
+                    parsed.parse(message)?;
+                }
+                return Ok(Some(Item::Message(message)));
             }
             // Between messages: keep-alives and stray line ends.
             if pending.starts_with(PING) {
@@ -111,12 +122,12 @@ impl Deframer {
                 }
                 Some(_) => {}
             }
-            return self.scan();
+            return self.scan(parsed);
         }
     }
 
     /// Look for the end of the pending message's header section in the bytes not yet scanned.
-    fn scan(&mut self) -> Result<Option<Item<'_>>, ParseError> {
+    fn scan(&mut self, parsed: &mut Parsed) -> Result<Option<Item<'_>>, ParseError> {
         let pending = self.buf.get(self.start..).unwrap_or_default();
         // Resume two bytes back, so a "\n\r\n" split across reads is seen.
         let from = self.scanned.saturating_sub(2);
@@ -138,10 +149,11 @@ impl Deframer {
         self.scanned = pending.len();
         if head_end.is_some() || (first_lf.is_some() && !self.first_line_checked) {
             self.first_line_checked = true;
-            match sip::stream_frame_len(pending, self.max_head, self.max_body)? {
+            match parsed.frame_stream(pending, self.max_head, self.max_body)? {
                 Some(total) => {
                     self.frame = Some(total);
-                    return self.next();
+                    self.fresh = pending.len() >= total;
+                    return self.next(parsed);
                 }
                 None if head_end.is_some() => {
                     // Cannot happen: the framing function found no end where this scan did.
@@ -176,11 +188,23 @@ mod tests {
 
     fn drain(d: &mut Deframer) -> Result<Vec<Option<Vec<u8>>>, ParseError> {
         let mut out = Vec::new();
+        let mut parsed = Parsed::new();
         for _ in 0..100 {
-            match d.next()? {
+            match d.next(&mut parsed)? {
                 None => return Ok(out),
                 Some(Item::Ping) => out.push(None),
-                Some(Item::Message(m)) => out.push(Some(m.to_vec())),
+                Some(Item::Message(m)) => {
+                    // The message comes with its parse.
+                    let read = parsed.message(m).expect("no parse with the message");
+                    assert_eq!(read.len(), m.len());
+                    assert_eq!(
+                        read.body().len(),
+                        read.content_length().unwrap(),
+                        "{:?}",
+                        String::from_utf8_lossy(m)
+                    );
+                    out.push(Some(m.to_vec()))
+                }
             }
         }
         panic!("next() never said it needs more bytes");
@@ -209,6 +233,29 @@ mod tests {
                 assert_eq!(got, [Some(OPTIONS.to_vec())]);
             }
         }
+    }
+
+    #[test]
+    fn a_message_framed_before_its_body_came_is_parsed_when_handed_out() {
+        let mut d = Deframer::new(1000, 100);
+        let mut parsed = Parsed::new();
+        let cut = OPTIONS.len() - 1;
+        d.extend(&OPTIONS[..cut]);
+        assert_eq!(d.next(&mut parsed), Ok(None));
+        // Meanwhile another connection's message, as long, goes through the same scratch.
+        let other = String::from_utf8(OPTIONS.to_vec())
+            .unwrap()
+            .replace("sip:a", "sip:b")
+            .replace("TCP", "UDP");
+        parsed.parse(other.as_bytes()).unwrap();
+        d.extend(&OPTIONS[cut..]);
+        let Ok(Some(Item::Message(m))) = d.next(&mut parsed) else {
+            panic!("no message");
+        };
+        let read = parsed.message(m).unwrap();
+        assert_eq!(read.start_line_span().start, 0);
+        assert_eq!(read.text(read.vias()[0].transport), "TCP");
+        assert_eq!(read.body(), b"hi");
     }
 
     #[test]
@@ -243,8 +290,9 @@ mod tests {
         // Junk after a good message.
         let mut d = Deframer::new(1000, 100);
         d.extend(&[OPTIONS, b"xyz\r\n"].concat());
-        assert_eq!(d.next(), Ok(Some(Item::Message(OPTIONS))));
-        assert_eq!(d.next(), Err(ParseError::BadStartLine));
+        let mut parsed = Parsed::new();
+        assert_eq!(d.next(&mut parsed), Ok(Some(Item::Message(OPTIONS))));
+        assert_eq!(d.next(&mut parsed), Err(ParseError::BadStartLine));
     }
 
     #[test]

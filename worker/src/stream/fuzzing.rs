@@ -8,8 +8,8 @@
 use super::conn::{self, Conn, Counters, Ctx, Drive};
 use super::framing;
 use super::link::Link;
-use crate::handler::Responder;
-use crate::sip::ParseError;
+use crate::handler::{Responder, SocketParts};
+use crate::sip::{ParseError, Parsed};
 use shm::{Attached, Proto, WorkerKind};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,8 @@ pub enum Driven {
 pub struct Connection {
     conn: Conn,
     responder: Responder,
-    contact: String,
+    parts: SocketParts,
+    parsed: Parsed,
     max_head: usize,
     scratch: Vec<u8>,
     reply: Vec<u8>,
@@ -79,7 +80,8 @@ impl Connection {
                 max_head,
             ),
             responder,
-            contact: contact.to_string(),
+            parts: SocketParts::new(contact, proto),
+            parsed: Parsed::new(),
             max_head,
             scratch: vec![0; super::READ_CHUNK],
             reply: Vec::new(),
@@ -90,7 +92,8 @@ impl Connection {
     pub fn drive(&mut self, shm: &Attached) -> Driven {
         let mut ctx = Ctx {
             responder: &self.responder,
-            contact: &self.contact,
+            parsed: &mut self.parsed,
+            parts: Some(&self.parts),
             scratch: &mut self.scratch,
             reply: &mut self.reply,
             counters: Counters {
@@ -122,13 +125,14 @@ impl Connection {
     }
 }
 
-/// The input side of a SIP-over-stream connection (the worker's own `Deframer`).
-pub struct Deframer(framing::Deframer);
+/// The input side of a SIP-over-stream connection (the worker's own `Deframer`), with the parse
+/// scratch a worker shares between its connections.
+pub struct Deframer(framing::Deframer, Parsed);
 
 impl Deframer {
     /// A header section may be `max_head` bytes, a body `max_body`.
     pub fn new(max_head: usize, max_body: usize) -> Deframer {
-        Deframer(framing::Deframer::new(max_head, max_body))
+        Deframer(framing::Deframer::new(max_head, max_body), Parsed::new())
     }
 
     /// Append bytes just read.
@@ -141,7 +145,12 @@ impl Deframer {
     // The worker's own name for it; an item borrows the buffer, so this cannot be an Iterator.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Item<'_>>, ParseError> {
-        self.0.next()
+        self.0.next(&mut self.1)
+    }
+
+    /// The parse of the message last handed out by [`Deframer::next`].
+    pub fn parsed(&self) -> &Parsed {
+        &self.1
     }
 
     /// Bytes held that are not yet part of a message handed out.

@@ -47,8 +47,9 @@ pub use tls::{tls_server_config, TlsConfigError};
 
 use crate::channel::Channel;
 use crate::control::{self, Entry, Flow, Received, ServeError};
-use crate::handler::Responder;
+use crate::handler::{Responder, SocketParts};
 use crate::ipc::{FromWorker, SocketInfo, StreamSettings, ToWorker};
+use crate::sip::Parsed;
 use crate::sys;
 use conn::{Conn, Counters, Ctx, Drive, Why};
 use link::Link;
@@ -112,6 +113,7 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
         control_again: false,
         poll,
         responder,
+        parsed: Parsed::new(),
         shm,
         settings,
         max_head,
@@ -137,6 +139,8 @@ pub fn serve(control: Channel, rank: u32) -> Result<u8, ServeError> {
 #[derive(Debug)]
 struct Socket {
     info: SocketInfo,
+    /// The reply parts rendered from `info` (its Contact and transport).
+    parts: SocketParts,
     /// For `tls` and `wss`.
     tls: Option<Arc<ServerConfig>>,
     /// Removed: its connections drain, it takes no new one.
@@ -153,6 +157,8 @@ struct Worker {
     control_again: bool,
     poll: Poll,
     responder: Responder,
+    /// The parse of the message being answered (reused).
+    parsed: Parsed,
     shm: Attached,
     settings: StreamSettings,
     max_head: usize,
@@ -241,6 +247,7 @@ impl Worker {
             conns,
             sockets,
             responder,
+            parsed,
             scratch,
             reply,
             rank,
@@ -255,13 +262,12 @@ impl Worker {
         let Some(conn) = conns.get_mut(key.index).and_then(Option::as_mut) else {
             return;
         };
-        let contact = sockets
-            .get(&conn.socket)
-            .map_or("", |s| s.info.contact.as_str());
+        let parts = sockets.get(&conn.socket).map(|s| &s.parts);
         let before = conn.deadline();
         let mut ctx = Ctx {
             responder,
-            contact,
+            parsed,
+            parts,
             scratch,
             reply,
             counters: Counters {
@@ -478,6 +484,7 @@ impl Worker {
                         self.rank,
                         info.slot
                     );
+                    s.parts = SocketParts::new(&info.contact, info.proto);
                     s.info = info;
                     s.tls = tls;
                 }
@@ -496,6 +503,7 @@ impl Worker {
                 self.sockets.insert(
                     id,
                     Socket {
+                        parts: SocketParts::new(&info.contact, info.proto),
                         info,
                         tls,
                         removed: false,
