@@ -31,7 +31,11 @@ fn run(d: &Daemon, args: &[&str], env: &[(&str, String)]) -> Child {
     let mut child = cmd.spawn().unwrap();
     let t0 = Instant::now();
     loop {
-        assert!(child.try_wait().unwrap().is_none(), "exited: {}", d.log_text());
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited: {}",
+            d.log_text()
+        );
         if d.fifo.exists() && d.cli(&["mi", "--timeout", "5", "version"]).status.success() {
             break;
         }
@@ -101,7 +105,10 @@ fn the_command_line_format_wins_over_the_file() {
     stop(child);
     let text = d.log_text();
     let first = text.lines().next().unwrap();
-    assert!(first.starts_with("[20") && first.contains("Z INFO "), "{first}");
+    assert!(
+        first.starts_with("[20") && first.contains("Z INFO "),
+        "{first}"
+    );
     assert!(text.lines().all(|l| !l.starts_with('{')), "{text}");
 }
 
@@ -126,13 +133,21 @@ fn under_journald_lines_carry_priorities_and_no_timestamps() {
     let text = d.log_text();
     for l in text.lines() {
         assert!(
-            ["<3>", "<4>", "<6>", "<7>"].iter().any(|p| l.starts_with(p)),
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| l.starts_with(p)),
             "no priority: {l:?}"
         );
-        assert!(!l.contains("Z INFO") && !l.starts_with("[20"), "a timestamp: {l:?}");
+        assert!(
+            !l.contains("Z INFO") && !l.starts_with("[20"),
+            "a timestamp: {l:?}"
+        );
     }
     assert!(text.contains("<6>supervisor::daemon: stopped"), "{text}");
-    assert!(text.contains("<7>worker::udp: udp worker 1: set up"), "{text}");
+    assert!(
+        text.contains("<7>worker::udp: udp worker 1: set up"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -71,14 +71,21 @@ fn metrics_count_the_options_sent_the_reloads_and_refused_connections() {
     d.add(&t, &[]);
     d.reload_ok();
     let before = scrape(&e);
-    let udp_before = sum(&before, "sipsockd_worker_received_total", &[("kind", "udp")]);
+    let udp_before = sum(
+        &before,
+        "sipsockd_worker_received_total",
+        &[("kind", "udp")],
+    );
     send_options(pa, 11, 1000);
     send_options(pb, 4, 2000);
     // One connection is served; the next is refused (max_connections = 1).
     let mut held = tcp_connect(pt);
     assert!(tcp_options(&mut held, pt, 1).is_some());
     let mut refused = tcp_connect(pt);
-    assert!(closed_by_peer(&mut refused), "the second connection is closed");
+    assert!(
+        closed_by_peer(&mut refused),
+        "the second connection is closed"
+    );
 
     let s = wait_for(
         "the counters",
@@ -92,7 +99,11 @@ fn metrics_count_the_options_sent_the_reloads_and_refused_connections() {
     let labels_a = [("socket", a.as_str()), ("proto", "udp"), ("tag", "alpha")];
     assert_eq!(one(&s, "sipsockd_socket_received_total", &labels_a), 11.0);
     assert_eq!(
-        one(&s, "sipsockd_socket_received_total", &[("socket", &t), ("proto", "tcp")]),
+        one(
+            &s,
+            "sipsockd_socket_received_total",
+            &[("socket", &t), ("proto", "tcp")]
+        ),
         1.0
     );
     let udp_rx = sum(&s, "sipsockd_worker_received_total", &[("kind", "udp")]);
@@ -103,20 +114,38 @@ fn metrics_count_the_options_sent_the_reloads_and_refused_connections() {
         15.0
     );
     assert_eq!(
-        one(&s, "sipsockd_socket_state", &[("socket", &a), ("state", "active")]),
+        one(
+            &s,
+            "sipsockd_socket_state",
+            &[("socket", &a), ("state", "active")]
+        ),
         1.0
     );
     assert_eq!(
-        one(&s, "sipsockd_socket_state", &[("socket", &a), ("state", "error")]),
+        one(
+            &s,
+            "sipsockd_socket_state",
+            &[("socket", &a), ("state", "error")]
+        ),
         0.0
     );
-    assert_eq!(one(&s, "sipsockd_socket_connections", &[("socket", &t)]), 1.0);
-    assert_eq!(one(&s, "sipsockd_stream_connections", &[]), 1.0);
     assert_eq!(
-        one(&s, "sipsockd_worker_connections", &[("kind", "stream"), ("rank", "0")]),
+        one(&s, "sipsockd_socket_connections", &[("socket", &t)]),
         1.0
     );
-    assert_eq!(one(&s, "sipsockd_worker_up", &[("kind", "udp"), ("rank", "1")]), 1.0);
+    assert_eq!(one(&s, "sipsockd_stream_connections", &[]), 1.0);
+    assert_eq!(
+        one(
+            &s,
+            "sipsockd_worker_connections",
+            &[("kind", "stream"), ("rank", "0")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        one(&s, "sipsockd_worker_up", &[("kind", "udp"), ("rank", "1")]),
+        1.0
+    );
     assert_eq!(one(&s, "sipsockd_slots_used", &[]), 3.0);
     assert_eq!(one(&s, "sipsockd_slots_total", &[]), 100.0);
 
@@ -134,13 +163,24 @@ fn metrics_count_the_options_sent_the_reloads_and_refused_connections() {
     };
     let inf = buckets.iter().find(|b| b.less_than.is_infinite()).unwrap();
     assert_eq!(inf.count, reloads);
-    assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count), "cumulative");
+    assert!(
+        buckets.windows(2).all(|w| w[0].count <= w[1].count),
+        "cumulative"
+    );
 
     // Memory of the supervisor and of each of the 3 workers (2 UDP, 1 stream).
     let mem = find(&s, "sipsockd_process_resident_memory_bytes", &[]);
     assert_eq!(mem.len(), 4, "{mem:?}");
     assert!(mem.iter().all(|m| number(m) > 0.0), "{mem:?}");
-    assert_eq!(find(&s, "sipsockd_process_resident_memory_bytes", &[("kind", "supervisor")]).len(), 1);
+    assert_eq!(
+        find(
+            &s,
+            "sipsockd_process_resident_memory_bytes",
+            &[("kind", "supervisor")]
+        )
+        .len(),
+        1
+    );
 
     assert_eq!(http(e.metrics, "GET", "/other", b"").status, 404);
     assert_eq!(http(e.metrics, "POST", "/metrics", b"").status, 405);

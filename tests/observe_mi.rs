@@ -106,7 +106,12 @@ fn opensips_cli_over_http_reloads_lists_and_gets_statistics() {
         &o,
         &["get_statistics", "statistics=tcp: sockets_mgm:reloads"],
     ));
-    let keys: Vec<&str> = some.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = some
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         keys,
         ["sockets_mgm:reloads", "tcp:connections", "tcp:refused"]
@@ -129,7 +134,11 @@ fn opensips_mi_over_http() {
     send_options(port, 3, 200);
     wait_for("3 counted", || received(&e, port), |n| *n == 3);
     let stats = run(&["-s", "sockets_mgm:", "core:uptime"]);
-    assert_eq!(stats[format!("sockets_mgm:received-{socket}")], 3, "{stats:#}");
+    assert_eq!(
+        stats[format!("sockets_mgm:received-{socket}")],
+        3,
+        "{stats:#}"
+    );
     assert!(stats.get("core:uptime").is_some(), "{stats:#}");
     assert!(stats.get("tcp:refused").is_none(), "{stats:#}");
     d.stop();
@@ -137,7 +146,8 @@ fn opensips_mi_over_http() {
 
 #[test]
 fn opensips_cli_and_opensips_mi_over_udp_datagrams() {
-    if !have("mi_over_udp_datagrams", "opensips-cli") || !have("mi_over_udp_datagrams", "opensips-mi")
+    if !have("mi_over_udp_datagrams", "opensips-cli")
+        || !have("mi_over_udp_datagrams", "opensips-mi")
     {
         return;
     }
@@ -150,31 +160,46 @@ fn opensips_cli_and_opensips_mi_over_udp_datagrams() {
         "datagram_timeout=10".to_string(),
     ];
     assert_eq!(json_of(&cli(&d, &o, &["sockets_reload"])), json!("OK"));
-    assert_eq!(json_of(&cli(&d, &o, &["sockets_list"]))[0]["socket"], socket.as_str());
+    assert_eq!(
+        json_of(&cli(&d, &o, &["sockets_list"]))[0]["socket"],
+        socket.as_str()
+    );
     send_options(port, 4, 300);
     wait_for("4 counted", || received(&e, port), |n| *n == 4);
     let all = json_of(&cli(&d, &o, &["get_statistics", "all"]));
     assert_eq!(all[format!("sockets_mgm:received-{socket}")], 4, "{all:#}");
 
     let (ip, p) = (e.udp.ip().to_string(), e.udp.port().to_string());
-    let dg = ["-t", "datagram", "-i", ip.as_str(), "-p", p.as_str(), "-dt", "10"];
+    let dg = [
+        "-t",
+        "datagram",
+        "-i",
+        ip.as_str(),
+        "-p",
+        p.as_str(),
+        "-dt",
+        "10",
+    ];
     let run = |args: &[&str]| json_of(&osmi(&d, &[&dg[..], args].concat()));
     assert_eq!(run(&["sockets_reload"]), json!("OK"));
-    assert_eq!(run(&["-s", "tcp:"]), json!({"tcp:connections": 0, "tcp:refused": 0}));
+    assert_eq!(
+        run(&["-s", "tcp:"]),
+        json!({"tcp:connections": 0, "tcp:refused": 0})
+    );
     d.stop();
 }
 
 #[test]
 fn opensips_cli_and_opensips_mi_over_a_unix_datagram_socket() {
-    if !have("mi_over_unix_datagrams", "opensips-cli") || !have("mi_over_unix_datagrams", "opensips-mi")
+    if !have("mi_over_unix_datagrams", "opensips-cli")
+        || !have("mi_over_unix_datagrams", "opensips-mi")
     {
         return;
     }
     let (d, e) = observed("obs-unix", true, "", "");
     let (socket, _) = provision(&d, "unix-mi");
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&e.unix).unwrap().permissions(),
-    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&e.unix).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o660, "the default unix_socket_mode");
     let o = [
         "communication_type=datagram".to_string(),
@@ -182,11 +207,20 @@ fn opensips_cli_and_opensips_mi_over_a_unix_datagram_socket() {
         "datagram_timeout=10".to_string(),
     ];
     assert_eq!(json_of(&cli(&d, &o, &["sockets_reload"])), json!("OK"));
-    assert_eq!(json_of(&cli(&d, &o, &["sockets_list"]))[0]["socket"], socket.as_str());
+    assert_eq!(
+        json_of(&cli(&d, &o, &["sockets_list"]))[0]["socket"],
+        socket.as_str()
+    );
     let path = e.unix.display().to_string();
     let ds = ["-t", "datagram", "-ds", path.as_str(), "-dt", "10"];
-    let stats = json_of(&osmi(&d, &[&ds[..], &["-s", "sockets_mgm:reloads"]].concat()));
-    assert!(stats["sockets_mgm:reloads"].as_u64().unwrap() >= 2, "{stats}");
+    let stats = json_of(&osmi(
+        &d,
+        &[&ds[..], &["-s", "sockets_mgm:reloads"]].concat(),
+    ));
+    assert!(
+        stats["sockets_mgm:reloads"].as_u64().unwrap() >= 2,
+        "{stats}"
+    );
     assert!(e.unix.exists());
     assert_eq!(d.stop(), Some(0));
     assert!(!e.unix.exists(), "the socket file is removed at stop");
@@ -198,10 +232,17 @@ fn a_source_outside_allow_gets_403_and_a_listed_one_is_served() {
     let body = br#"{"jsonrpc":"2.0","id":1,"method":"version"}"#;
     let r = http_from(Some("127.0.0.1"), e.mi_http, "POST", "/mi", &[], body);
     assert_eq!(r.status, 403, "{}", r.head);
-    assert!(r.text().contains("127.0.0.1 is not allowed"), "{}", r.text());
+    assert!(
+        r.text().contains("127.0.0.1 is not allowed"),
+        "{}",
+        r.text()
+    );
     let r = http_from(Some("127.0.0.2"), e.mi_http, "POST", "/mi", &[], body);
     assert_eq!(r.status, 200, "{}", r.head);
-    assert!(r.json()["result"]["Server"].as_str().unwrap().starts_with("sipsockd"));
+    assert!(r.json()["result"]["Server"]
+        .as_str()
+        .unwrap()
+        .starts_with("sipsockd"));
     // /metrics has no allow list.
     assert_eq!(http(e.metrics, "GET", "/metrics", b"").status, 200);
     d.stop();
@@ -242,7 +283,12 @@ fn basic_auth_from_argon2_and_bcrypt_users() {
     };
     let r = post(None);
     assert_eq!(r.status, 401);
-    assert!(r.head.contains("WWW-Authenticate: Basic realm=\"sipsockd MI\""), "{}", r.head);
+    assert!(
+        r.head
+            .contains("WWW-Authenticate: Basic realm=\"sipsockd MI\""),
+        "{}",
+        r.head
+    );
     assert_eq!(post(Some(basic("alice", "wonderland"))).status, 401);
     assert_eq!(post(Some(basic("carol", "wonder land"))).status, 401);
     assert_eq!(post(Some("Bearer xyz".into())).status, 401);
@@ -252,7 +298,14 @@ fn basic_auth_from_argon2_and_bcrypt_users() {
         assert_eq!(post(Some(basic("bob", "builder"))).status, 200);
     }
     let a = basic("bob", "builder");
-    let r = http_from(None, e.mi_http, "GET", "/mi/version", &[("Authorization", &a)], b"");
+    let r = http_from(
+        None,
+        e.mi_http,
+        "GET",
+        "/mi/version",
+        &[("Authorization", &a)],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     d.stop();
 }
@@ -295,7 +348,10 @@ fn a_port_in_use_stops_the_start_naming_the_key() {
     let out = d.cli(&["run"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("metrics.listen") && err.contains("cannot bind"), "{err}");
+    assert!(
+        err.contains("metrics.listen") && err.contains("cannot bind"),
+        "{err}"
+    );
     assert!(!d.shm.exists() && !d.fifo.exists(), "nothing left behind");
 }
 
@@ -323,7 +379,11 @@ fn statistics_get_list_and_reset_over_http() {
     assert_eq!(list[&name], "incremental");
     assert_eq!(list["core:uptime"], "non-incremental");
     // Reset: the statistic starts again from 0; the table (and /metrics) keep counting.
-    let r = mi_post(e.mi_http, "reset_statistics", json!({"statistics": [name.as_str()]}));
+    let r = mi_post(
+        e.mi_http,
+        "reset_statistics",
+        json!({"statistics": [name.as_str()]}),
+    );
     assert_eq!(r["result"], "OK");
     assert_eq!(received(&e, port), 0);
     send_options(port, 2, 500);
@@ -331,7 +391,10 @@ fn statistics_get_list_and_reset_over_http() {
     let dump = d.dump();
     assert_eq!(dump["slots"][0]["received"], 7, "the table is untouched");
     let r = mi_post(e.mi_http, "get_statistics", json!({"statistics": ["nope"]}));
-    assert_eq!(r["error"], json!({"code": 404, "message": "Statistics Not Found"}));
+    assert_eq!(
+        r["error"],
+        json!({"code": 404, "message": "Statistics Not Found"})
+    );
     let r = mi_post(e.mi_http, "get_statistics", json!({}));
     assert_eq!(r["error"]["code"], -32602);
     // The FIFO sees the same baselines: one set in the supervisor's loop.
@@ -345,7 +408,14 @@ fn statistics_get_list_and_reset_over_http() {
 #[test]
 fn reloads_and_their_failures_are_counted() {
     let (d, e) = observed("obs-reloads", false, "", "");
-    let get = || mi_post(e.mi_http, "get_statistics", json!({"statistics": ["sockets_mgm:"]}))["result"].clone();
+    let get = || {
+        mi_post(
+            e.mi_http,
+            "get_statistics",
+            json!({"statistics": ["sockets_mgm:"]}),
+        )["result"]
+            .clone()
+    };
     let before = get();
     let n = before["sockets_mgm:reloads"].as_u64().unwrap();
     assert_eq!(before["sockets_mgm:last_reload_status"], 200);
@@ -371,11 +441,24 @@ fn odd_http_requests_get_the_right_status() {
     assert_eq!(http(to, "GET", "/mi", b"").status, 405);
     assert_eq!(http(to, "POST", "/mi", b"").status, 400);
     let r = http(to, "POST", "/mi", b"{not json");
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (200, json!(-32700)));
-    let r = http(to, "POST", "/mi", br#"{"jsonrpc":"2.0","id":9,"method":"nope"}"#);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (200, json!(-32700))
+    );
+    let r = http(
+        to,
+        "POST",
+        "/mi",
+        br#"{"jsonrpc":"2.0","id":9,"method":"nope"}"#,
+    );
     assert_eq!(r.json()["error"]["code"], -32601);
     // A notification runs and gets 202 with no body.
-    let r = http(to, "POST", "/mi", br#"{"jsonrpc":"2.0","method":"version"}"#);
+    let r = http(
+        to,
+        "POST",
+        "/mi",
+        br#"{"jsonrpc":"2.0","method":"version"}"#,
+    );
     assert_eq!((r.status, r.body.len()), (202, 0));
     // Over the limits.
     let r = http_from(

@@ -78,7 +78,13 @@ fn measure(d: &Daemon, e: &Endpoints, udp_port: u16, tcp_port: u16, label: &str)
     }
     let mut mi = Timings::default();
     for _ in 0..10 {
-        let r = mi.time(|| mi_post(e.mi_http, "get_statistics", json!({"statistics": ["core:"]})));
+        let r = mi.time(|| {
+            mi_post(
+                e.mi_http,
+                "get_statistics",
+                json!({"statistics": ["core:"]}),
+            )
+        });
         assert!(r["result"]["core:uptime"].is_u64(), "{r}");
     }
     let mut scrape = Timings::default();
@@ -151,7 +157,9 @@ fn a_thousand_slow_http_clients_delay_nothing_else() {
     let limit = READ_TIMEOUT + DEADLINE;
     let mut buf = [0u8; 64];
     for (i, s) in slow.iter_mut().enumerate() {
-        let left = limit.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+        let left = limit
+            .saturating_sub(t0.elapsed())
+            .max(Duration::from_millis(1));
         s.set_read_timeout(Some(left)).unwrap();
         match s.read(&mut buf) {
             Ok(0) => {}
@@ -163,6 +171,12 @@ fn a_thousand_slow_http_clients_delay_nothing_else() {
         "every slow client dropped by {:?} after the first connected",
         t0.elapsed()
     );
-    measure(&d, &e, udp_port, tcp_port, "after the slow clients were dropped");
+    measure(
+        &d,
+        &e,
+        udp_port,
+        tcp_port,
+        "after the slow clients were dropped",
+    );
     d.stop();
 }

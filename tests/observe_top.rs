@@ -41,7 +41,10 @@ impl Tmux {
             if pred(&s) {
                 return s;
             }
-            assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}; screen:\n{s}");
+            assert!(
+                t0.elapsed() < DEADLINE,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -80,7 +83,13 @@ fn runner(d: &Daemon) -> String {
     std::fs::set_permissions(&d.shm, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut program = PathBuf::from(bin());
     let reachable = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "test", "-x"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "test",
+            "-x",
+        ])
         .arg(&program)
         .status()
         .is_ok_and(|s| s.success());
@@ -113,7 +122,15 @@ fn top_shows_a_socket_rate_and_sorts_filters_and_quits_by_keys() {
     let tmux = Tmux::new("top");
     let command = runner(&d);
     let started = tmux.cmd(&[
-        "new-session", "-d", "-s", "top", "-x", "160", "-y", "40", &command,
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &command,
     ]);
     assert!(
         started.status.success(),
@@ -125,7 +142,10 @@ fn top_shows_a_socket_rate_and_sorts_filters_and_quits_by_keys() {
     });
     assert!(screen.contains("last reload: OK in"), "{screen}");
     assert_eq!(rate_of(&screen, &b, "beta"), Some(0.0), "{screen}");
-    assert!(screen.contains("udp 0") && screen.contains("ready"), "{screen}");
+    assert!(
+        screen.contains("udp 0") && screen.contains("ready"),
+        "{screen}"
+    );
 
     // Filter on the idle socket's tag.
     tmux.keys(&["/", "beta", "Enter"]);
@@ -140,7 +160,10 @@ fn top_shows_a_socket_rate_and_sorts_filters_and_quits_by_keys() {
     assert!(ia < ib, "{screen}");
     tmux.keys(&["r"]);
     let screen = tmux.wait("reversed", |s| s.contains("(reversed)"));
-    assert!(screen.find(&b).unwrap() < screen.find(&a).unwrap(), "{screen}");
+    assert!(
+        screen.find(&b).unwrap() < screen.find(&a).unwrap(),
+        "{screen}"
+    );
 
     tmux.keys(&["q"]);
     let t0 = Instant::now();

@@ -183,14 +183,21 @@ pub fn send_options(port: u16, n: u32, base: u32) {
 }
 
 /// Waits (bounded) until `pred` holds on what `f` returns.
-pub fn wait_for<T: std::fmt::Debug>(what: &str, mut f: impl FnMut() -> T, pred: impl Fn(&T) -> bool) -> T {
+pub fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    mut f: impl FnMut() -> T,
+    pred: impl Fn(&T) -> bool,
+) -> T {
     let t0 = std::time::Instant::now();
     loop {
         let v = f();
         if pred(&v) {
             return v;
         }
-        assert!(t0.elapsed() < DEADLINE, "timed out waiting for {what}: {v:?}");
+        assert!(
+            t0.elapsed() < DEADLINE,
+            "timed out waiting for {what}: {v:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
