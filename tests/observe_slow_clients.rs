@@ -4,7 +4,7 @@
 //!
 //! Each operation must finish within [`OP_DEADLINE`]: generous for a noisy 2-core machine, and
 //! blown by any stall behind the slow clients (each would hold a blocking server for the 10 s
-//! read deadline). The latencies are printed (`--no-capture` shows them).
+//! read deadline, `READ_TIMEOUT`). The latencies are printed (`--no-capture` shows them).
 
 mod common;
 mod observe_util;
@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 const SLOW_CLIENTS: usize = 1000;
 const OP_DEADLINE: Duration = Duration::from_secs(5);
-/// The server's deadline for a whole request (`observe::server::READ_TIMEOUT`).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+use supervisor::observe::READ_TIMEOUT;
 
 /// Latencies of one kind of operation.
 #[derive(Default)]

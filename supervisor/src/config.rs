@@ -1144,6 +1144,139 @@ group = "nogroup"
     }
 
     #[test]
+    fn observer_sections() {
+        let c = parse(
+            r#"
+[general]
+log_format = "json"
+[mi_http]
+listen = "127.0.0.1:8888"
+root = "opensips_mi"
+allow = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+auth_file = "/etc/sipsockd/users"
+[mi_datagram]
+socket = "udp:[::1]:8080"
+unix_socket_mode = "0600"
+[metrics]
+listen = "[::1]:9090"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.general.log_format, LogFormat::Json);
+        assert_eq!(c.mi_http.listen, Some("127.0.0.1:8888".parse().unwrap()));
+        assert_eq!(c.mi_http.root, "opensips_mi");
+        assert_eq!(c.mi_http.allow.len(), 3);
+        assert_eq!(
+            c.mi_datagram.socket,
+            Some(DatagramSocket::Udp("[::1]:8080".parse().unwrap()))
+        );
+        assert_eq!(c.mi_datagram.mode(), 0o600);
+        assert_eq!(c.metrics.listen, Some("[::1]:9090".parse().unwrap()));
+        let c = parse(
+            "[mi_datagram]\nsocket = \"/run/sipsockd/mi.sock\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mi_datagram.socket,
+            Some(DatagramSocket::Unix("/run/sipsockd/mi.sock".into()))
+        );
+        // Off unless configured; loopback only by default.
+        let d = Config::default();
+        assert_eq!((d.mi_http.listen, d.metrics.listen), (None, None));
+        assert_eq!(d.mi_datagram.socket, None);
+        assert_eq!(d.mi_http.root, "mi");
+        assert_eq!(d.general.log_format, LogFormat::Text);
+        let allow = &d.mi_http.allow;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for yes in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2"] {
+            assert!(allow.iter().any(|c| c.contains(ip(yes))), "{yes}");
+        }
+        for no in ["10.0.0.1", "128.0.0.1", "::2", "::ffff:10.0.0.1"] {
+            assert!(!allow.iter().any(|c| c.contains(ip(no))), "{no}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.1.2.3/8");
+        assert!(c.contains("10.200.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let host: Cidr = "2001:db8::1".parse().unwrap();
+        assert!(host.contains("2001:db8::1".parse().unwrap()));
+        assert!(!host.contains("2001:db8::2".parse().unwrap()));
+        let net: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(net.contains("2001:db8:ffff::1".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "host/8",
+            "10.0.0.0/x",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn observer_refusals_name_the_key() {
+        for (text, needle) in [
+            (
+                "[mi_http]\nlisten = \"localhost:8888\"",
+                "mi_http.listen = \"localhost:8888\"",
+            ),
+            (
+                "[mi_http]\nroot = \"a/b\"",
+                "mi_http.root = \"a/b\": must be one path segment",
+            ),
+            ("[mi_http]\nroot = \"\"", "mi_http.root"),
+            (
+                "[mi_http]\nallow = []",
+                "mi_http.allow = []: would refuse every client",
+            ),
+            ("[mi_http]\nallow = [\"10.0.0.0/40\"]", "mi_http.allow"),
+            ("[mi_http]\nallow = \"10.0.0.0/8\"", "mi_http.allow"),
+            ("[mi_http]\nauth_file = \"\"", "mi_http.auth_file"),
+            (
+                "[mi_http]\nport = 1",
+                "unknown key mi_http.port (known in [mi_http]: listen, root, allow, auth_file)",
+            ),
+            (
+                "[mi_datagram]\nsocket = \"udp:host:1\"",
+                "mi_datagram.socket = \"udp:host:1\": not udp:IP:PORT",
+            ),
+            (
+                "[mi_datagram]\nsocket = \"\"",
+                "mi_datagram.socket = \"\": must not be empty",
+            ),
+            (
+                "[mi_datagram]\nunix_socket_mode = \"999\"",
+                "mi_datagram.unix_socket_mode",
+            ),
+            ("[metrics]\nlisten = 9090", "metrics.listen = 9090"),
+            (
+                "[mi_http]\nlisten = \"127.0.0.1:1\"\n[metrics]\nlisten = \"127.0.0.1:1\"",
+                "metrics.listen = \"127.0.0.1:1\": same address as mi_http.listen",
+            ),
+            (
+                "[general]\nlog_format = \"xml\"",
+                "general.log_format = \"xml\"",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let long = format!("[mi_datagram]\nsocket = \"/{}\"", "a".repeat(MAX_UNIX_PATH));
+        assert!(err(&long).contains("at most 107 bytes"));
+    }
+
+    #[test]
     fn empty_file_gives_the_seed_defaults() {
         let c = parse("", "t.toml").unwrap();
         assert_eq!(c, Config::default());

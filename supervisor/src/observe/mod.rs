@@ -28,6 +28,7 @@ use crate::mi::bridge::{self, MiInbox};
 use log::info;
 use mio::{Poll, Registry, Token, Waker};
 use server::{Datagram, Done, MiSettings, Parts, Role, Server};
+pub use server::{MAX_CONNECTIONS, MI_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
