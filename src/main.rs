@@ -8,6 +8,7 @@
 //! - `mi`: a client of the MI FIFO;
 //! - `options`: send one SIP OPTIONS to a UDP socket and print the reply;
 //! - `shm-dump`: a read-only view of the shared slot table;
+//! - `top`: a live terminal view of the shared slot table (read-only);
 //! - `worker` (hidden): a worker process, started by the supervisor with fork + exec.
 
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +26,9 @@ struct Cli {
     /// Configuration file (default: ./sipsockd.toml when present, else built-in defaults).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: text or json (default: `[general] log_format`, else text).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<supervisor::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,6 +80,16 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of a running daemon's shared table: socket and worker rates, states, the last
+    /// reload (read-only; q quits, s sorts, / filters).
+    Top {
+        /// The shm file (default: `[shm] path` of the configuration).
+        #[arg(long, value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// A worker process (started by the supervisor, not by hand).
     #[command(hide = true)]
@@ -154,7 +168,6 @@ struct WorkerArgs {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -168,6 +181,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if let Command::Worker(w) = cli.command {
         // The supervisor passes everything the worker needs; the worker reads no config file.
+        supervisor::logging::init(supervisor::logging::inherited_format());
         let code = worker::run(worker::WorkerArgs {
             kind: w.kind.parse()?,
             rank: w.rank,
@@ -177,6 +191,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         return Ok(ExitCode::from(code));
     }
     let mut config = supervisor::config::load(cli.config.as_deref())?;
+    supervisor::logging::init(cli.log_format.unwrap_or(config.general.log_format));
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Run {
@@ -261,6 +276,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 // The supervisor named in the file is gone: what it shows is not running.
                 return Ok(ExitCode::from(3));
             }
+        }
+        Command::Top { path, interval } => {
+            let path = path.unwrap_or(config.shm.path.clone());
+            // NaN and nonsense fall back to the default.
+            let interval = std::time::Duration::try_from_secs_f64(interval.clamp(0.1, 3600.0))
+                .unwrap_or(std::time::Duration::from_secs(1));
+            supervisor::top::run(&path, interval)?
         }
         Command::Worker(_) => unreachable!("handled above"),
     }

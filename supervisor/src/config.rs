@@ -22,6 +22,7 @@ use crate::db::url::{redact, redact_in_text, DbUrl};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,12 @@ pub struct Config {
     pub tls: Tls,
     /// `[general]`: process-wide settings.
     pub general: General,
+    /// `[mi_http]`: MI over HTTP (off unless `listen` is set).
+    pub mi_http: MiHttp,
+    /// `[mi_datagram]`: MI over UDP or a unix datagram socket (off unless `socket` is set).
+    pub mi_datagram: MiDatagram,
+    /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
+    pub metrics: Metrics,
 }
 
 /// The file as serde reads it, before [`RawConfig::check`]: the sections, each defaulting to its
@@ -63,6 +70,12 @@ pub struct RawConfig {
     pub tls: RawTls,
     /// `[general]`.
     pub general: General,
+    /// `[mi_http]`.
+    pub mi_http: MiHttp,
+    /// `[mi_datagram]`.
+    pub mi_datagram: MiDatagram,
+    /// `[metrics]`.
+    pub metrics: Metrics,
 }
 
 /// `[tcp]`.
@@ -191,6 +204,218 @@ pub struct General {
     pub user: Option<String>,
     /// Group to run as after start-up.
     pub group: Option<String>,
+    /// How log lines are written (`--log-format` overrides it).
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per record (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (`ts`, `level`, `target`, `pid`, `msg`), for Loki or ELK.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the configuration file and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?} (text or json)")),
+        }
+    }
+}
+
+/// `[mi_http]`: MI over HTTP, wire-compatible with OpenSIPS `mi_http` (JSON-RPC 2.0 POSTed to
+/// `/ROOT`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [mi_http] section")]
+pub struct MiHttp {
+    /// `IP:PORT` to listen on; none (the default) turns MI over HTTP off.
+    pub listen: Option<SocketAddr>,
+    /// The path requests go to (`/mi`), without slashes.
+    pub root: String,
+    /// Source networks allowed, as CIDRs (an address alone is one host); others get 403.
+    pub allow: Vec<Cidr>,
+    /// A file of `user:hash` lines (argon2 PHC strings or bcrypt hashes): when set, every
+    /// request needs HTTP basic authentication by one of them (401 otherwise).
+    pub auth_file: Option<PathBuf>,
+}
+
+impl Default for MiHttp {
+    fn default() -> Self {
+        MiHttp {
+            listen: None,
+            root: "mi".into(),
+            allow: Cidr::loopback(),
+            auth_file: None,
+        }
+    }
+}
+
+/// `[mi_datagram]`: MI over datagrams, wire-compatible with OpenSIPS `mi_datagram`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [mi_datagram] section")]
+pub struct MiDatagram {
+    /// `udp:IP:PORT` or the path of a unix datagram socket; none (the default) turns it off.
+    #[serde(deserialize_with = "datagram_socket")]
+    pub socket: Option<DatagramSocket>,
+    /// Octal mode of the unix socket file, as a string (`"0660"`): who may send commands.
+    pub unix_socket_mode: String,
+}
+
+impl Default for MiDatagram {
+    fn default() -> Self {
+        MiDatagram {
+            socket: None,
+            unix_socket_mode: "0660".into(),
+        }
+    }
+}
+
+impl MiDatagram {
+    /// `unix_socket_mode` as permission bits (a loaded configuration always has a valid one).
+    pub fn mode(&self) -> u32 {
+        parse_octal_mode(&self.unix_socket_mode).unwrap_or(0o660)
+    }
+}
+
+/// Where `[mi_datagram]` listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatagramSocket {
+    /// `udp:IP:PORT`.
+    Udp(SocketAddr),
+    /// A unix datagram socket at this path.
+    Unix(PathBuf),
+}
+
+/// Longest unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+impl std::str::FromStr for DatagramSocket {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DatagramSocket, String> {
+        if let Some(addr) = s.strip_prefix("udp:") {
+            return addr.parse().map(DatagramSocket::Udp).map_err(|_| {
+                "not udp:IP:PORT (an IPv6 address in brackets: udp:[::1]:8080)".to_string()
+            });
+        }
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.len() > MAX_UNIX_PATH {
+            return Err(format!(
+                "a unix socket path is at most {MAX_UNIX_PATH} bytes"
+            ));
+        }
+        Ok(DatagramSocket::Unix(PathBuf::from(s)))
+    }
+}
+
+fn datagram_socket<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DatagramSocket>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(de::Error::custom)
+}
+
+/// `[metrics]`: Prometheus `/metrics` in the OpenMetrics text format, read from the shared table.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [metrics] section")]
+pub struct Metrics {
+    /// `IP:PORT` to listen on; none (the default) turns it off.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A source network: an address and a prefix length (`127.0.0.0/8`, `::1/128`; an address alone
+/// is the host). Host bits below the prefix are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// `127.0.0.0/8` and `::1/128`: the default of `[mi_http] allow`.
+    pub fn loopback() -> Vec<Cidr> {
+        vec![
+            Cidr {
+                addr: IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+                prefix: 8,
+            },
+            Cidr {
+                addr: IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                prefix: 128,
+            },
+        ]
+    }
+
+    /// True when `ip` is in this network; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, from a
+    /// dual-stack listener) counts as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IP address (a CIDR is IP/PREFIX)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(format!("prefix {p:?} is not 0 to {max}")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cidr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(de::Error::custom)
+    }
 }
 
 /// What to do with a table that has bad rows.
@@ -569,6 +794,9 @@ impl RawConfig {
             tcp: self.tcp,
             tls: self.tls.into(),
             general: self.general,
+            mi_http: self.mi_http,
+            mi_datagram: self.mi_datagram,
+            metrics: self.metrics,
         };
         config.validate(file)?;
         Ok(config)
@@ -721,6 +949,7 @@ impl Config {
                 return Err(invalid(key, "\"\"".into(), "must not be empty".into()));
             }
         }
+        self.validate_observers(file)?;
         let sip = &self.sip;
         if !(100..=699).contains(&sip.reply_code) {
             return Err(invalid(
@@ -735,6 +964,61 @@ impl Config {
                 "sip.reply_reason",
                 quoted(&sip.reply_reason),
                 "must be a non-empty phrase without control characters".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The checks of `[mi_http]`, `[mi_datagram]` and `[metrics]`.
+    fn validate_observers(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: &str| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            value,
+            reason: reason.to_string(),
+        };
+        let h = &self.mi_http;
+        let path_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if h.root.is_empty() || !h.root.chars().all(path_char) {
+            return Err(invalid(
+                "mi_http.root",
+                format!("{:?}", h.root),
+                "must be one path segment: letters, digits, '_', '-' or '.' (no '/')",
+            ));
+        }
+        if h.allow.is_empty() {
+            return Err(invalid(
+                "mi_http.allow",
+                "[]".into(),
+                "would refuse every client (leave it out to allow loopback only)",
+            ));
+        }
+        if h.auth_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "mi_http.auth_file",
+                "\"\"".into(),
+                "must not be empty",
+            ));
+        }
+        if let (Some(a), Some(b)) = (h.listen, self.metrics.listen) {
+            if a == b {
+                return Err(invalid(
+                    "metrics.listen",
+                    format!("\"{b}\""),
+                    "same address as mi_http.listen",
+                ));
+            }
+        }
+        if parse_octal_mode(&self.mi_datagram.unix_socket_mode).is_none() {
+            return Err(invalid(
+                "mi_datagram.unix_socket_mode",
+                format!("{:?}", self.mi_datagram.unix_socket_mode),
+                "must be an octal permission mode such as \"0660\" (digits 0-7, at most 0777)",
             ));
         }
         Ok(())
@@ -857,6 +1141,139 @@ group = "nogroup"
             let e = err(text);
             assert!(e.contains(key), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn observer_sections() {
+        let c = parse(
+            r#"
+[general]
+log_format = "json"
+[mi_http]
+listen = "127.0.0.1:8888"
+root = "opensips_mi"
+allow = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+auth_file = "/etc/sipsockd/users"
+[mi_datagram]
+socket = "udp:[::1]:8080"
+unix_socket_mode = "0600"
+[metrics]
+listen = "[::1]:9090"
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.general.log_format, LogFormat::Json);
+        assert_eq!(c.mi_http.listen, Some("127.0.0.1:8888".parse().unwrap()));
+        assert_eq!(c.mi_http.root, "opensips_mi");
+        assert_eq!(c.mi_http.allow.len(), 3);
+        assert_eq!(
+            c.mi_datagram.socket,
+            Some(DatagramSocket::Udp("[::1]:8080".parse().unwrap()))
+        );
+        assert_eq!(c.mi_datagram.mode(), 0o600);
+        assert_eq!(c.metrics.listen, Some("[::1]:9090".parse().unwrap()));
+        let c = parse(
+            "[mi_datagram]\nsocket = \"/run/sipsockd/mi.sock\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mi_datagram.socket,
+            Some(DatagramSocket::Unix("/run/sipsockd/mi.sock".into()))
+        );
+        // Off unless configured; loopback only by default.
+        let d = Config::default();
+        assert_eq!((d.mi_http.listen, d.metrics.listen), (None, None));
+        assert_eq!(d.mi_datagram.socket, None);
+        assert_eq!(d.mi_http.root, "mi");
+        assert_eq!(d.general.log_format, LogFormat::Text);
+        let allow = &d.mi_http.allow;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for yes in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.2"] {
+            assert!(allow.iter().any(|c| c.contains(ip(yes))), "{yes}");
+        }
+        for no in ["10.0.0.1", "128.0.0.1", "::2", "::ffff:10.0.0.1"] {
+            assert!(!allow.iter().any(|c| c.contains(ip(no))), "{no}");
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.1.2.3/8".parse().unwrap();
+        assert_eq!(c.to_string(), "10.1.2.3/8");
+        assert!(c.contains("10.200.0.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let host: Cidr = "2001:db8::1".parse().unwrap();
+        assert!(host.contains("2001:db8::1".parse().unwrap()));
+        assert!(!host.contains("2001:db8::2".parse().unwrap()));
+        let net: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(net.contains("2001:db8:ffff::1".parse().unwrap()));
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "host/8",
+            "10.0.0.0/x",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn observer_refusals_name_the_key() {
+        for (text, needle) in [
+            (
+                "[mi_http]\nlisten = \"localhost:8888\"",
+                "mi_http.listen = \"localhost:8888\"",
+            ),
+            (
+                "[mi_http]\nroot = \"a/b\"",
+                "mi_http.root = \"a/b\": must be one path segment",
+            ),
+            ("[mi_http]\nroot = \"\"", "mi_http.root"),
+            (
+                "[mi_http]\nallow = []",
+                "mi_http.allow = []: would refuse every client",
+            ),
+            ("[mi_http]\nallow = [\"10.0.0.0/40\"]", "mi_http.allow"),
+            ("[mi_http]\nallow = \"10.0.0.0/8\"", "mi_http.allow"),
+            ("[mi_http]\nauth_file = \"\"", "mi_http.auth_file"),
+            (
+                "[mi_http]\nport = 1",
+                "unknown key mi_http.port (known in [mi_http]: listen, root, allow, auth_file)",
+            ),
+            (
+                "[mi_datagram]\nsocket = \"udp:host:1\"",
+                "mi_datagram.socket = \"udp:host:1\": not udp:IP:PORT",
+            ),
+            (
+                "[mi_datagram]\nsocket = \"\"",
+                "mi_datagram.socket = \"\": must not be empty",
+            ),
+            (
+                "[mi_datagram]\nunix_socket_mode = \"999\"",
+                "mi_datagram.unix_socket_mode",
+            ),
+            ("[metrics]\nlisten = 9090", "metrics.listen = 9090"),
+            (
+                "[mi_http]\nlisten = \"127.0.0.1:1\"\n[metrics]\nlisten = \"127.0.0.1:1\"",
+                "metrics.listen = \"127.0.0.1:1\": same address as mi_http.listen",
+            ),
+            (
+                "[general]\nlog_format = \"xml\"",
+                "general.log_format = \"xml\"",
+            ),
+        ] {
+            let e = err(text);
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let long = format!("[mi_datagram]\nsocket = \"/{}\"", "a".repeat(MAX_UNIX_PATH));
+        assert!(err(&long).contains("at most 107 bytes"));
     }
 
     #[test]

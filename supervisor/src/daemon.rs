@@ -28,6 +28,8 @@ use worker::ipc::StreamSettings;
 
 const SIGNALS: Token = Token(0);
 const MI: Token = Token(1);
+/// MI calls from the HTTP and datagram transports' thread (`crate::observe`).
+const BRIDGE: Token = Token(2);
 const WORKER_BASE: usize = 16;
 /// Listener tokens: LISTENER_BASE + slot (slots are below 65536, workers far fewer).
 const LISTENER_BASE: usize = 1 << 20;
@@ -66,6 +68,9 @@ pub enum DaemonError {
     /// The configured user could not be switched to.
     #[error("{0}")]
     Privileges(#[from] sys::PrivilegeError),
+    /// An MI HTTP, MI datagram or metrics endpoint could not be set up.
+    #[error("{0}")]
+    Observe(#[from] crate::observe::ObserveError),
     /// The event loop failed.
     #[error("event loop: {0}")]
     Io(#[from] std::io::Error),
@@ -81,6 +86,8 @@ struct State {
     resolver: SystemResolver,
     /// Connections refused because `[tcp] max_connections` was reached or no worker took them.
     refused_connections: u64,
+    /// What the statistics MI methods read, and their reset baselines.
+    statistics: crate::stats::Statistics,
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
@@ -164,6 +171,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         settings,
     );
     let mut state = State {
+        statistics: crate::stats::Statistics::new(config.shm.path.clone()),
         config,
         db: Some(db),
         shm,
@@ -191,6 +199,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         Interest::READABLE,
     )?;
     mi_server.register(poll.registry(), MI)?;
+    let observers = match crate::observe::start(&state.config, poll.registry(), BRIDGE) {
+        Ok(o) => o,
+        Err(e) => {
+            state
+                .pool
+                .shutdown(Instant::now() + Duration::from_millis(1500));
+            mi_server.remove();
+            let _ = state.shm.remove();
+            return Err(e.into());
+        }
+    };
     if let Err(e) = sys::notify_ready() {
         warn!("cannot notify systemd: {e}");
     }
@@ -246,6 +265,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                     for req in mi_server.on_readable(poll.registry()) {
                         let result = mi::dispatch(&req, started, &mut state);
                         mi_server.reply(&req, result);
+                    }
+                }
+                BRIDGE => {
+                    for call in observers.inbox().drain() {
+                        let result = mi::dispatch(&call.request, started, &mut state);
+                        call.answer(result);
                     }
                 }
                 Token(t) if t >= LISTENER_BASE => {
@@ -354,6 +379,7 @@ impl State {
             let open: u64 = (0..self.config.tcp.workers).map(load).sum();
             if open >= max {
                 self.refused_connections += 1;
+                self.shm.add_connections_refused(1);
                 warn!(
                     "slot {slot}: connection from {peer} refused: max_connections ({max}) reached"
                 );
@@ -361,6 +387,7 @@ impl State {
             }
             if let Err(conn) = self.pool.hand_off(slot, peer, conn, &self.shm) {
                 self.refused_connections += 1;
+                self.shm.add_connections_refused(1);
                 warn!(
                     "slot {slot}: connection from {peer} refused: no stream worker could take it"
                 );
@@ -369,8 +396,18 @@ impl State {
         }
     }
 
-    /// `sockets_reload`, SIGHUP and the initial load.
+    /// `sockets_reload`, SIGHUP and the initial load, recorded in the table's reload statistics.
     fn reload(&mut self) -> Result<Value, RpcError> {
+        let t0 = Instant::now();
+        let result = self.reload_table();
+        let status = result
+            .as_ref()
+            .map_or_else(|e| u32::try_from(e.code).unwrap_or(500), |_| 200);
+        self.shm.record_reload(status, t0.elapsed(), 0);
+        result
+    }
+
+    fn reload_table(&mut self) -> Result<Value, RpcError> {
         let mgm = &self.config.sockets_mgm;
         let db = match &mut self.db {
             Some(db) => db,
@@ -426,6 +463,10 @@ impl mi::Handler for State {
             &self.shm,
             self.refused_connections,
         ))
+    }
+
+    fn statistics(&mut self) -> &mut crate::stats::Statistics {
+        &mut self.statistics
     }
 
     fn ps(&mut self) -> Result<Value, RpcError> {

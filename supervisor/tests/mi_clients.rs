@@ -78,6 +78,8 @@ fn sockets() -> Value {
 struct FixedHandler {
     reloads: Log,
     status_size: usize,
+    /// Of a table that does not exist: the statistics methods answer 500.
+    statistics: supervisor::stats::Statistics,
 }
 
 impl Handler for FixedHandler {
@@ -96,6 +98,9 @@ impl Handler for FixedHandler {
     }
     fn ps(&mut self) -> Result<Value, RpcError> {
         Ok(json!({"Processes": [{"ID": 0, "PID": std::process::id(), "Type": "supervisor"}]}))
+    }
+    fn statistics(&mut self) -> &mut supervisor::stats::Statistics {
+        &mut self.statistics
     }
 }
 
@@ -139,6 +144,7 @@ impl Server {
         let handler = FixedHandler {
             reloads: reloads.clone(),
             status_size,
+            statistics: supervisor::stats::Statistics::new(dir.0.join("no-table")),
         };
         let thread = {
             let (log, stop) = (log.clone(), stop.clone());

@@ -1,12 +1,17 @@
 //! The way into the supervisor's loop for MI transports that run on their own threads (HTTP,
-//! datagram): a request travels over a channel with a one-shot reply channel, and a mio `Waker`
-//! wakes the loop. The loop runs the method exactly as for the FIFO (a `sockets_reload` queues
-//! behind one in progress) and sends the result back; the calling thread waits with a deadline.
+//! datagram): a request travels over a bounded channel with what to do with its result, and a mio
+//! `Waker` wakes the loop. The loop runs the method exactly as for the FIFO (a `sockets_reload`
+//! queues behind one in progress) and answers the call ([`Call::answer`]).
+//!
+//! Two ways to wait: [`MiBridge::call`] blocks the calling thread with a deadline;
+//! [`MiBridge::submit`] returns at once and the result goes to a callback run on the loop's
+//! thread, which must only hand it on (a channel send and a wake of the transport's own loop):
+//! an event-loop transport serves its other clients meanwhile.
 //!
 //! The loop never waits on a transport: a reply whose caller gave up is simply dropped. A
 //! transport never touches the daemon's state: everything goes through the loop.
 
-use super::proto::{Params, RpcError};
+use super::proto::{Params, Request, RpcError};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::{Registry, Token, Waker};
 use serde_json::Value;
@@ -17,15 +22,30 @@ use std::time::Duration;
 /// instead of piling up (each waiting call holds a thread or a connection of its transport).
 pub const QUEUE: usize = 1024;
 
+/// What becomes of a call's result: run once, on the loop's thread; it must not block.
+pub type Reply = Box<dyn FnOnce(Result<Value, RpcError>) + Send>;
+
 /// One MI call from a transport thread.
-#[derive(Debug)]
 pub struct Call {
-    /// The method name.
-    pub method: String,
-    /// Its parameters.
-    pub params: Params,
-    /// Where the loop sends the result (the caller may be gone: a failed send is ignored).
-    pub reply: Sender<Result<Value, RpcError>>,
+    /// The request to dispatch (method and parameters; no id or reply name: the transport keeps
+    /// those).
+    pub request: Request,
+    reply: Reply,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("request", &self.request)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Call {
+    /// Hands the result to the caller (who may be gone: then it is dropped).
+    pub fn answer(self, result: Result<Value, RpcError>) {
+        (self.reply)(result)
+    }
 }
 
 /// Why a call got no result from the loop.
@@ -63,18 +83,23 @@ pub fn bridge(registry: &Registry, token: Token) -> std::io::Result<(MiBridge, M
 }
 
 impl MiBridge {
-    /// Runs `method` in the loop and waits at most `timeout` for its result.
-    pub fn call(
+    /// Queues `method` for the loop and returns at once; `reply` gets the result later, on the
+    /// loop's thread. `Busy` or `Closed` when it could not be queued (`reply` is then dropped
+    /// unrun).
+    pub fn submit(
         &self,
         method: &str,
         params: Params,
-        timeout: Duration,
-    ) -> Result<Result<Value, RpcError>, BridgeError> {
-        let (reply, result) = crossbeam_channel::bounded(1);
+        reply: impl FnOnce(Result<Value, RpcError>) + Send + 'static,
+    ) -> Result<(), BridgeError> {
         let call = Call {
-            method: method.to_string(),
-            params,
-            reply,
+            request: Request {
+                method: method.to_string(),
+                params,
+                id: None,
+                reply_name: None,
+            },
+            reply: Box::new(reply),
         };
         match self.tx.try_send(call) {
             Ok(()) => {}
@@ -82,7 +107,20 @@ impl MiBridge {
             Err(TrySendError::Disconnected(_)) => return Err(BridgeError::Closed),
         }
         // A failed wake means the poll is gone: the loop is stopping.
-        self.waker.wake().map_err(|_| BridgeError::Closed)?;
+        self.waker.wake().map_err(|_| BridgeError::Closed)
+    }
+
+    /// Runs `method` in the loop and waits at most `timeout` for its result.
+    pub fn call(
+        &self,
+        method: &str,
+        params: Params,
+        timeout: Duration,
+    ) -> Result<Result<Value, RpcError>, BridgeError> {
+        let (tx, result) = crossbeam_channel::bounded(1);
+        self.submit(method, params, move |r| {
+            let _ = tx.send(r);
+        })?;
         match result.recv_timeout(timeout) {
             Ok(r) => Ok(r),
             Err(RecvTimeoutError::Timeout) => Err(BridgeError::Timeout(timeout)),
@@ -118,7 +156,8 @@ mod tests {
                 "woken by the bridge"
             );
             for call in inbox.drain() {
-                let _ = call.reply.send(Ok(json!(call.method)));
+                let method = call.request.method.clone();
+                call.answer(Ok(json!(method)));
                 answered += 1;
             }
         }
@@ -159,10 +198,36 @@ mod tests {
         );
         // The loop takes the call late: its reply goes nowhere, and that is fine.
         for call in inbox.drain() {
-            assert!(call.reply.send(Ok(json!(1))).is_err());
+            call.answer(Ok(json!(1)));
         }
         drop(inbox);
         assert_eq!(bridge.call("x", Params::None, t), Err(BridgeError::Closed));
+    }
+
+    #[test]
+    fn a_submitted_call_answers_through_its_callback_on_the_loop_thread() {
+        let poll = Poll::new().unwrap();
+        let (bridge, inbox) = bridge(poll.registry(), WAKE).unwrap();
+        let lp = std::thread::spawn(move || {
+            serve(poll, inbox, 3);
+            std::thread::current().id()
+        });
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for m in ["a", "b", "c"] {
+            let tx = tx.clone();
+            bridge
+                .submit(m, Params::None, move |r| {
+                    tx.send((r, std::thread::current().id())).unwrap();
+                })
+                .unwrap();
+        }
+        let loop_thread = lp.join().unwrap();
+        let got: Vec<_> = rx.try_iter().collect();
+        assert_eq!(got.len(), 3);
+        for (i, (r, thread)) in got.into_iter().enumerate() {
+            assert_eq!(r, Ok(json!(["a", "b", "c"][i])));
+            assert_eq!(thread, loop_thread);
+        }
     }
 
     #[test]
@@ -171,19 +236,20 @@ mod tests {
         let (bridge, _inbox) = bridge(poll.registry(), WAKE).unwrap();
         let mut holders = Vec::new();
         for _ in 0..QUEUE {
-            let (reply, rx) = crossbeam_channel::bounded(1);
+            let (tx, rx) = crossbeam_channel::bounded(1);
             bridge
-                .tx
-                .try_send(Call {
-                    method: "x".into(),
-                    params: Params::None,
-                    reply,
+                .submit("x", Params::None, move |r| {
+                    let _ = tx.send(r);
                 })
                 .unwrap();
             holders.push(rx);
         }
         assert_eq!(
             bridge.call("x", Params::None, Duration::from_secs(30)),
+            Err(BridgeError::Busy)
+        );
+        assert_eq!(
+            bridge.submit("x", Params::None, |_| {}),
             Err(BridgeError::Busy)
         );
     }

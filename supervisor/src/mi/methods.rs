@@ -1,7 +1,8 @@
 //! The MI methods: one table that says which methods exist and which parameters they take, the
-//! core methods OpenSIPS clients expect (`which`, `ps`, `version`, `uptime`), dispatch to the
-//! daemon's [`Handler`] for the methods that touch its state, and the shape of their replies
-//! (built here from the daemon's state: [`reload_reply`], [`sockets_status`], [`ps`]).
+//! core methods OpenSIPS clients expect (`which`, `ps`, `version`, `uptime`, and the statistics
+//! methods `get_statistics`, `list_statistics`, `reset_statistics` of [`crate::stats`]), dispatch
+//! to the daemon's [`Handler`] for the methods that touch its state, and the shape of their
+//! replies (built here from the daemon's state: [`reload_reply`], [`sockets_status`], [`ps`]).
 //!
 //! The table is what `which` reports, so `opensips-cli` (which calls `which` first and refuses
 //! anything not listed) sees exactly the methods that can run. No I/O here.
@@ -10,9 +11,10 @@ use super::proto::{Params, Request, RpcError};
 use crate::pool::{Phase, Pool};
 use crate::reload::{Failure, Sockets};
 use crate::row::RowError;
+use crate::stats::Statistics;
 use serde_json::{json, Value};
 use shm::Table;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// What the daemon provides to the MI methods that touch its state.
 pub trait Handler {
@@ -24,6 +26,8 @@ pub trait Handler {
     fn sockets_status(&mut self) -> Result<Value, RpcError>;
     /// `ps`: `{"Processes": [{"ID", "PID", "Type"}]}`.
     fn ps(&mut self) -> Result<Value, RpcError>;
+    /// The statistics of the shared table and their reset baselines.
+    fn statistics(&mut self) -> &mut Statistics;
 }
 
 type Run = fn(&Request, SystemTime, &mut dyn Handler) -> Result<Value, RpcError>;
@@ -85,7 +89,29 @@ const METHODS: &[Method] = &[
         params: NONE,
         run: |_, started, _| Ok(uptime(started, SystemTime::now())),
     },
+    Method {
+        name: "get_statistics",
+        params: &[&["statistics"]],
+        run: |req, started, h| h.statistics().get(&req.params, up(started)),
+    },
+    Method {
+        name: "list_statistics",
+        params: &[&[], &["statistics"]],
+        run: |req, started, h| h.statistics().list(&req.params, up(started)),
+    },
+    Method {
+        name: "reset_statistics",
+        params: &[&["statistics"]],
+        run: |req, started, h| h.statistics().reset(&req.params, up(started)),
+    },
 ];
+
+/// How long ago `started` was (zero for a clock set back).
+fn up(started: SystemTime) -> Duration {
+    SystemTime::now()
+        .duration_since(started)
+        .unwrap_or_default()
+}
 
 fn find(name: &str) -> Option<&'static Method> {
     METHODS.iter().find(|m| m.name == name)
@@ -151,10 +177,7 @@ fn version() -> Value {
 
 /// `uptime`, as OpenSIPS gives it: `ctime(3)` dates without the newline, whole seconds.
 fn uptime(started: SystemTime, now: SystemTime) -> Value {
-    let up = now
-        .duration_since(started)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let up = now.duration_since(started).unwrap_or_default().as_secs();
     json!({
         "Now": ctime(now),
         "Up since": ctime(started),
@@ -312,9 +335,17 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A handler that records what ran.
-    #[derive(Default)]
-    struct Calls(Vec<&'static str>);
+    /// A handler that records what ran; its statistics have no table (error 500).
+    struct Calls(Vec<&'static str>, Statistics);
+
+    impl Default for Calls {
+        fn default() -> Self {
+            Calls(
+                Vec::new(),
+                Statistics::new("/nonexistent/sipsockd-shm".into()),
+            )
+        }
+    }
 
     impl Handler for Calls {
         fn sockets_reload(&mut self) -> Result<Value, RpcError> {
@@ -332,6 +363,10 @@ mod tests {
         fn ps(&mut self) -> Result<Value, RpcError> {
             self.0.push("ps");
             Ok(json!({"Processes": []}))
+        }
+        fn statistics(&mut self) -> &mut Statistics {
+            self.0.push("statistics");
+            &mut self.1
         }
     }
 
@@ -405,13 +440,21 @@ mod tests {
             "ps",
             "version",
             "uptime",
+            "get_statistics",
+            "list_statistics",
+            "reset_statistics",
         ] {
             assert!(all.iter().any(|n| n == m), "{m} missing from {all:?}");
         }
-        // Every listed method dispatches (none is a dead entry).
+        // Every listed method dispatches (none is a dead entry); one that needs a parameter
+        // says so.
         for m in &all {
             let e = run(m, Params::None, &mut h).err();
-            assert!(!matches!(&e, Some(e) if e.code < 0), "{m}: {e:?}");
+            if find(m).unwrap().params.contains(&&[][..]) {
+                assert!(!matches!(&e, Some(e) if e.code < 0), "{m}: {e:?}");
+            } else {
+                assert_eq!(e.map(|e| e.code), Some(RpcError::INVALID_PARAMS), "{m}");
+            }
         }
         assert_eq!(
             run("which", named(json!({"command": "sockets_list"})), &mut h),
