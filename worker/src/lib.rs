@@ -20,6 +20,7 @@ pub mod channel;
 mod control;
 pub mod handler;
 pub mod ipc;
+pub mod relay;
 pub mod sip;
 pub mod stream;
 mod sys;
