@@ -13,4 +13,10 @@ pub mod mi;
 pub mod pool;
 pub mod reload;
 pub mod row;
+pub mod reloading;
 pub mod sys;
+
+/// How a unit test that cannot run its peer fails under CI or is recorded as skipped.
+#[cfg(test)]
+#[path = "../../worker/tests/common/skip.rs"]
+mod skip;
