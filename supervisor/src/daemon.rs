@@ -59,7 +59,7 @@ pub const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 /// Fds a process keeps besides the ones counted: stdio, epoll, signalfd, shm, database, FIFO...
 pub const FD_RESERVE: u64 = 64;
 /// How long stopping waits for the workers to exit before killing them.
-const STOP_WAIT: Duration = Duration::from_millis(1500);
+const STOP_WAIT: Duration = Duration::from_millis(1000);
 
 /// Why the daemon could not start (once started, it only stops on a signal).
 #[derive(Debug, thiserror::Error)]
@@ -604,7 +604,10 @@ impl Supervisor {
         let result = mi::dispatch(&req, self.started, &mut desk);
         if desk.reload_asked {
             if let Some(step) = self.reloading.step() {
-                info!("MI {}: queued behind the reload in progress ({step})", req.method);
+                info!(
+                    "MI {}: queued behind the reload in progress ({step})",
+                    req.method
+                );
             }
             self.ask_reload(Asker::Mi(req));
         } else {
@@ -649,7 +652,10 @@ impl Supervisor {
         }
         if !self.reloading.is_busy() {
             let status = if f.applied {
-                format!("serving {} sockets; last reload: {summary}", self.sockets.len())
+                format!(
+                    "serving {} sockets; last reload: {summary}",
+                    self.sockets.len()
+                )
             } else if self.notify.ready {
                 format!("last reload failed (still serving the table before): {summary}")
             } else {
@@ -719,7 +725,8 @@ impl Supervisor {
         };
         // Includes every connection handed over and not yet closed (raised at the hand-off),
         // and the ones waiting here.
-        let open: u64 = (0..self.config.tcp.workers).map(load).sum::<u64>() + self.waiting.len() as u64;
+        let open: u64 =
+            (0..self.config.tcp.workers).map(load).sum::<u64>() + self.waiting.len() as u64;
         if open >= max {
             self.refuse(slot, peer, &format!("max_connections ({max}) reached"));
             return; // dropping `conn` closes it

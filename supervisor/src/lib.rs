@@ -12,8 +12,8 @@ pub mod db;
 pub mod mi;
 pub mod pool;
 pub mod reload;
-pub mod row;
 pub mod reloading;
+pub mod row;
 pub mod sys;
 
 /// How a unit test that cannot run its peer fails under CI or is recorded as skipped.

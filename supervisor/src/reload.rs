@@ -435,7 +435,10 @@ impl Sockets {
     /// Step 3: binds (new, rebound, retried) and in-place updates; returns what every worker is
     /// told in phase 2 (the UDP fds: [`Sockets::udp_fds`]).
     pub fn bind(&mut self, staged: &mut Staged, tls: &TlsConfig, shm: &Table) -> Changes {
-        debug_assert!(staged.gone.is_empty(), "bind before the removals are released");
+        debug_assert!(
+            staged.gone.is_empty(),
+            "bind before the removals are released"
+        );
         self.generation += 1;
         let mut changes = Changes {
             generation: self.generation,
@@ -539,7 +542,10 @@ impl Sockets {
     /// Step 4, once phase 2 is acknowledged (or at once when the table changes nothing): the
     /// table order, the listeners, the generation in shm, and the report.
     pub fn commit(&mut self, mut staged: Staged, shm: &Table) -> Report {
-        debug_assert!(staged.gone.is_empty(), "commit before the removals are released");
+        debug_assert!(
+            staged.gone.is_empty(),
+            "commit before the removals are released"
+        );
         self.order = staged.table.iter().map(SocketDef::identity).collect();
         let mut report = std::mem::take(&mut staged.report);
         report.failures = self.failures();
@@ -769,6 +775,37 @@ mod tests {
         assert_eq!(plan.rebind, vec![a2]);
         assert_eq!(plan.retry, vec![b]);
         assert!(plan.add.is_empty() && plan.remove.is_empty());
+    }
+
+    #[test]
+    fn options_that_could_not_be_set_in_place_keep_their_values_in_force() {
+        let mut old = def("udp:127.0.0.1:5070", 5070);
+        old.tos = 0x10;
+        let mut asked = old.clone();
+        asked.tos = 0x28;
+        asked.flags.frag = true;
+        asked.flags.anycast = true;
+        asked.tag = Some("new".into());
+        assert_eq!(in_force(&old, &asked, Unapplied::default()), asked);
+        let kept = in_force(
+            &old,
+            &asked,
+            Unapplied {
+                tos: true,
+                frag: false,
+                anycast: true,
+            },
+        );
+        assert_eq!(kept.tos, 0x10, "the TOS in force");
+        assert!(kept.flags.frag, "set");
+        assert!(!kept.flags.anycast, "the FREEBIND in force");
+        assert_eq!(kept.tag.as_deref(), Some("new"), "metadata always applies");
+        // Each live option differs only in what it sets.
+        assert!(LiveOption::Tos.differs(&old, &asked));
+        assert!(LiveOption::Frag.differs(&old, &asked));
+        assert!(LiveOption::Anycast.differs(&old, &asked));
+        assert!(!LiveOption::Tos.differs(&old, &kept));
+        assert!(!LiveOption::Anycast.differs(&old, &kept));
     }
 
     #[test]

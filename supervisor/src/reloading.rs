@@ -367,3 +367,159 @@ fn finish<A>(
         took: now.saturating_duration_since(current.began),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SocketsMgm;
+    use crate::db::Database;
+    use crate::row::RawRow;
+    use mio::{Events, Poll, Token, Waker};
+    use serde_json::json;
+    use std::sync::Arc;
+    use worker::ipc::StreamSettings;
+
+    /// The real pieces of a reload, without workers: a SQLite table, a shm table, the database
+    /// thread, an empty pool.
+    struct Bench {
+        dir: std::path::PathBuf,
+        shm: Option<Table>,
+        sockets: Sockets,
+        pool: Pool,
+        db: DbThread,
+        tls: TlsConfig,
+        poll: Poll,
+    }
+
+    impl Bench {
+        fn new(name: &str) -> Bench {
+            let dir = std::env::temp_dir()
+                .join(format!("sipsockd-reloading-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let cfg = SocketsMgm {
+                db_url: format!("sqlite://{}", dir.join("s.db").display()),
+                ..SocketsMgm::default()
+            };
+            let mut db = Database::create(&cfg).unwrap();
+            db.init().unwrap();
+            for port in free_ports(2) {
+                db.insert(&RawRow {
+                    socket: Some(format!("udp:127.0.0.1:{port}")),
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            let shm_path = std::path::PathBuf::from(format!(
+                "/dev/shm/sipsockd-reloading-{name}-{}",
+                std::process::id()
+            ));
+            let shm = Table::create(&shm_path, 16, 0, 0, 0).unwrap();
+            let poll = Poll::new().unwrap();
+            let waker = Arc::new(Waker::new(poll.registry(), Token(3)).unwrap());
+            Bench {
+                dir,
+                shm: Some(shm),
+                sockets: Sockets::default(),
+                pool: Pool::new(0, 0, 200, "OK".into(), StreamSettings::default()),
+                db: DbThread::spawn(Some(db), cfg, waker).unwrap(),
+                tls: TlsConfig::default(),
+                poll,
+            }
+        }
+
+        /// Turn until a reload ends (waiting on the database thread's wake-ups, bounded).
+        fn run(&mut self, r: &mut Reloading<u32>) -> Finished<u32> {
+            let mut events = Events::with_capacity(4);
+            for _ in 0..200 {
+                let mut ctx = Ctx {
+                    sockets: &mut self.sockets,
+                    pool: &mut self.pool,
+                    shm: self.shm.as_ref().unwrap(),
+                    tls: &self.tls,
+                    db: &mut self.db,
+                };
+                if let Some(f) = r.turn(&mut ctx, Instant::now()) {
+                    return f;
+                }
+                self.poll
+                    .poll(&mut events, Some(Duration::from_millis(100)))
+                    .unwrap();
+            }
+            panic!("no reload ended");
+        }
+    }
+
+    impl Drop for Bench {
+        fn drop(&mut self) {
+            if let Some(shm) = self.shm.take() {
+                let _ = shm.remove();
+            }
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn free_ports(n: usize) -> Vec<u16> {
+        let held: Vec<std::net::UdpSocket> = (0..n)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        held.iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect()
+    }
+
+    #[test]
+    fn reloads_asked_during_one_wait_and_are_answered_in_order_by_one_more() {
+        let mut b = Bench::new("queue");
+        let mut r: Reloading<u32> = Reloading::default();
+        assert!(!r.is_busy());
+        r.ask(1);
+        assert!(r.is_busy());
+        // The first turn starts it (the query is on the database thread).
+        let mut ctx = Ctx {
+            sockets: &mut b.sockets,
+            pool: &mut b.pool,
+            shm: b.shm.as_ref().unwrap(),
+            tls: &b.tls,
+            db: &mut b.db,
+        };
+        assert!(r.turn(&mut ctx, Instant::now()).is_none());
+        assert_eq!(r.step(), Some("querying"));
+        r.ask(2);
+        r.ask(3);
+        let first = b.run(&mut r);
+        assert_eq!(first.askers, vec![1]);
+        assert_eq!(first.result, Ok(json!("OK")));
+        assert!(first.applied);
+        assert_eq!(first.status(), 200);
+        assert_eq!(b.sockets.len(), 2);
+        assert!(r.is_busy(), "two wait");
+        let second = b.run(&mut r);
+        assert_eq!(second.askers, vec![2, 3], "one reload for both, in order");
+        assert_eq!(second.result, Ok(json!("OK")));
+        assert!(!r.is_busy());
+        assert_eq!(r.step(), None);
+    }
+
+    #[test]
+    fn a_database_error_ends_the_reload_with_500_and_touches_nothing() {
+        let mut b = Bench::new("dberror");
+        let mut r: Reloading<u32> = Reloading::default();
+        r.ask(1);
+        assert!(b.run(&mut r).applied);
+        let before = b.sockets.len();
+        rusqlite::Connection::open(b.dir.join("s.db"))
+            .unwrap()
+            .execute_batch("ALTER TABLE sockets RENAME TO gone")
+            .unwrap();
+        r.ask(2);
+        let f = b.run(&mut r);
+        assert!(!f.applied);
+        assert_eq!(f.status(), 500);
+        assert!(f
+            .result
+            .unwrap_err()
+            .message
+            .starts_with("Could not reload sockets: table sockets"),);
+        assert_eq!(b.sockets.len(), before);
+    }
+}

@@ -141,9 +141,7 @@ pub fn set_live_option(
             },
         ),
         (LiveOption::Anycast, false) => (libc::IP_FREEBIND, libc::c_int::from(def.flags.anycast)),
-        (LiveOption::Anycast, true) => {
-            (libc::IPV6_FREEBIND, libc::c_int::from(def.flags.anycast))
-        }
+        (LiveOption::Anycast, true) => (libc::IPV6_FREEBIND, libc::c_int::from(def.flags.anycast)),
     };
     setsockopt_int(fd, level, name, value).map_err(|source| BindError::Option {
         option: option.name(ipv6),
@@ -419,7 +417,7 @@ pub fn user_in_group(uid: u32, gid: u32) -> bool {
     if user.gid.as_raw() == gid {
         return true;
     }
-    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.iter().any(|m| *m == user.name))
+    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.contains(&user.name))
 }
 
 /// Send a signal to a process; ESRCH (already gone) is not an error.

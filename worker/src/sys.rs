@@ -11,8 +11,8 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{
-    self, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockFlag,
-    SockType, SockaddrLike, SockaddrStorage,
+    self, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    SockaddrLike, SockaddrStorage,
 };
 use std::io::{self, IoSlice};
 use std::mem;

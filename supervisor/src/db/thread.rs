@@ -153,7 +153,8 @@ mod tests {
         t.load().unwrap();
         let mut events = Events::with_capacity(4);
         for _ in 0..100 {
-            poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
+            poll.poll(&mut events, Some(Duration::from_secs(1)))
+                .unwrap();
             if let Some(a) = t.take() {
                 assert!(events.iter().any(|e| e.token() == Token(3)), "no wake-up");
                 return a;
@@ -186,7 +187,12 @@ mod tests {
         assert_eq!(v.defs.len(), 1);
         assert_eq!(v.defs[0].port, 5999);
 
-        let sql = |q: &str| rusqlite::Connection::open(&path).unwrap().execute_batch(q).unwrap();
+        let sql = |q: &str| {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch(q)
+                .unwrap()
+        };
         sql("ALTER TABLE sockets RENAME TO elsewhere");
         let e = load_and_wait(&mut t, &mut poll).unwrap_err();
         assert!(matches!(e, DbError::TableMissing { .. }), "{e}");

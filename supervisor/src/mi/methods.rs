@@ -520,6 +520,60 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_reply_is_ok_only_when_everything_asked_runs() {
+        let none = Reloaded::Applied {
+            skipped: &[],
+            failures: &[],
+            kept: &[],
+            workers: &[],
+        };
+        assert_eq!(reload_reply(none), Ok(json!("OK")));
+        let restarted = WorkerOutcome {
+            kind: shm::WorkerKind::Udp,
+            rank: 1,
+            pid: Some(42),
+            slot: None,
+            what: "no acknowledgement within 5 s; restarted".into(),
+        };
+        let refused = WorkerOutcome {
+            kind: shm::WorkerKind::Stream,
+            rank: 0,
+            pid: Some(43),
+            slot: Some(7),
+            what: "a tls socket without TLS material".into(),
+        };
+        let kept = Failure {
+            id: Some(3),
+            socket: "udp:127.0.0.1:5060".into(),
+            reason: "could not update in place: cannot set IP_TOS: EPERM".into(),
+        };
+        let e = reload_reply(Reloaded::Applied {
+            skipped: &[],
+            failures: &[],
+            kept: std::slice::from_ref(&kept),
+            workers: &[restarted, refused],
+        })
+        .unwrap_err();
+        assert_eq!(e.code, 500);
+        assert_eq!(
+            e.message,
+            "1 socket options could not be updated in place, 1 workers restarted (udp worker 1), \
+             1 sockets refused by workers"
+        );
+        assert_eq!(
+            e.data.unwrap(),
+            json!([
+                {"id": 3, "socket": "udp:127.0.0.1:5060",
+                 "reason": "could not update in place: cannot set IP_TOS: EPERM"},
+                {"worker": "udp worker 1", "kind": "udp", "rank": 1, "pid": 42,
+                 "reason": "no acknowledgement within 5 s; restarted"},
+                {"worker": "stream worker 0", "kind": "stream", "rank": 0, "pid": 43, "slot": 7,
+                 "reason": "a tls socket without TLS material"},
+            ])
+        );
+    }
+
+    #[test]
     fn ctime_pads_the_day_like_ctime() {
         // 2024-03-04T10:35:05Z; the zone may shift the hour but not the format.
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_548_505);

@@ -31,13 +31,13 @@ use super::proto::{check_reply_name, encode_reply, Frame, Request, RequestParser
 use crate::config::MiFifo;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::Mode;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use nix::fcntl::{Flock, FlockArg};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -527,8 +527,7 @@ fn make_fifo(path: &Path, mode: u32) -> Result<Owned, MiError> {
                     .map_err(io_err("inspect", path))?;
                 let (owned, temp) = new_locked_fifo(path, mode)?;
                 // Still the one we hold? (Another daemon may have replaced it before we locked.)
-                let same =
-                    matches!(fs::symlink_metadata(path), Ok(m) if ident(&m) == stale_ident);
+                let same = matches!(fs::symlink_metadata(path), Ok(m) if ident(&m) == stale_ident);
                 if !same {
                     let _ = fs::remove_file(&temp);
                     continue;
@@ -793,7 +792,10 @@ mod tests {
         }
         for open in ["0666", "0777", "0662", "2"] {
             let e = check_mode(open).unwrap_err();
-            assert!(matches!(&e, MiError::WorldWritable(v) if v == open), "{open}");
+            assert!(
+                matches!(&e, MiError::WorldWritable(v) if v == open),
+                "{open}"
+            );
             assert!(e.to_string().contains("fifo_mode"), "{e}");
         }
         assert_eq!(check_mode("0664").unwrap(), 0o664);
@@ -812,7 +814,9 @@ mod tests {
             }
             other => panic!("{other}"),
         }
-        assert!(e.to_string().contains(&format!("pid {}", std::process::id())));
+        assert!(e
+            .to_string()
+            .contains(&format!("pid {}", std::process::id())));
         // The first one's FIFO is untouched.
         let meta = fs::symlink_metadata(&c.fifo_name).unwrap();
         assert_eq!(ident(&meta), first.ident);
@@ -907,7 +911,10 @@ mod tests {
             Err(OpenFailure::Refused(_))
         ));
         nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(12345)), None).unwrap();
-        assert!(open_reply_pipe(&p, daemon).is_ok(), "the daemon's user's FIFO");
+        assert!(
+            open_reply_pipe(&p, daemon).is_ok(),
+            "the daemon's user's FIFO"
+        );
         nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
         assert!(open_reply_pipe(&p, daemon).is_ok(), "root's FIFO");
         // A member of the MI FIFO's group: nobody's primary group is nogroup (65534).
