@@ -116,7 +116,8 @@ pub struct WorkerOutcome {
     pub pid: Option<u32>,
     /// The slot a `Refused` names; `None` for a restart.
     pub slot: Option<u32>,
-    /// What happened, e.g. "no acknowledgement within 5 s; restarted".
+    /// What happened, e.g. "no acknowledgement within 5 s; restarted", or the worker's reason for
+    /// refusing the slot.
     pub what: String,
 }
 
@@ -513,7 +514,7 @@ impl Pool {
     pub fn on_writable(&mut self, index: usize) {
         if let Some(w) = self.workers.get_mut(index) {
             if let Err(e) = flush(w) {
-                give_up(w, format!("its control channel failed: {e}; restarted"));
+                give_up(w, format!("its control channel failed: {e}"));
             }
         }
     }
@@ -583,10 +584,7 @@ impl Pool {
             }
             match body(w).and_then(|_| post_commit(w, generation)) {
                 Ok(()) => waiting.workers.push((i, w.spawns)),
-                Err(e) => out.push(give_up(
-                    w,
-                    format!("could not be sent {what}: {e}; restarted"),
-                )),
+                Err(e) => out.push(give_up(w, format!("could not be sent {what}: {e}"))),
             }
         }
         (waiting, out)
@@ -626,10 +624,7 @@ impl Pool {
             if now >= deadline {
                 out.push(give_up(
                     w,
-                    format!(
-                        "no acknowledgement within {} s; restarted",
-                        ACK_TIMEOUT.as_secs()
-                    ),
+                    format!("no acknowledgement within {} s", ACK_TIMEOUT.as_secs()),
                 ));
                 return false;
             }
@@ -651,7 +646,7 @@ impl Pool {
                 give_up(
                     w,
                     format!(
-                        "did not acknowledge its start within {} s; restarted",
+                        "did not acknowledge its start within {} s",
                         ACK_TIMEOUT.as_secs()
                     ),
                 );
@@ -664,10 +659,7 @@ impl Pool {
                 Some((at, _)) if silent_for(at) >= ACK_TIMEOUT => {
                     give_up(
                         w,
-                        format!(
-                            "stalled: no answer for {} s; restarted",
-                            ACK_TIMEOUT.as_secs()
-                        ),
+                        format!("stalled: no answer for {} s", ACK_TIMEOUT.as_secs()),
                     );
                 }
                 Some((at, _)) if silent_for(at) >= STALL_AFTER && !w.stall_noted => {
@@ -687,7 +679,7 @@ impl Pool {
                     match post_commit(w, generation) {
                         Ok(()) => w.probe = Some((now, w.commits)),
                         Err(e) => {
-                            give_up(w, format!("could not be probed: {e}; restarted"));
+                            give_up(w, format!("could not be probed: {e}"));
                         }
                     }
                 }
@@ -984,9 +976,10 @@ fn kill(w: &mut Worker, why: String) {
     }
 }
 
-fn give_up(w: &mut Worker, what: String) -> WorkerOutcome {
+/// Kill a worker that did not do what it should (`cause`); it restarts with the whole set.
+fn give_up(w: &mut Worker, cause: String) -> WorkerOutcome {
     warn!(
-        "{} worker {} (pid {}): {what}",
+        "{} worker {} (pid {}): {cause}; restarted",
         w.kind,
         w.rank,
         w.last_pid.unwrap_or(0)
@@ -996,9 +989,9 @@ fn give_up(w: &mut Worker, what: String) -> WorkerOutcome {
         rank: w.rank,
         pid: w.last_pid,
         slot: None,
-        what: what.clone(),
+        what: format!("{cause}; restarted"),
     };
-    kill(w, what);
+    kill(w, cause);
     outcome
 }
 

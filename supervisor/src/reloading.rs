@@ -176,7 +176,6 @@ impl<A> Reloading<A> {
                 let result = methods::reload_reply(Reloaded::Database(&format!(
                     "cannot reach the database thread: {e}"
                 )));
-                current.step = Step::Querying;
                 return Some(finish(current, result, false, now));
             }
             self.current = Some(current);
