@@ -165,7 +165,7 @@ impl<A> Reloading<A> {
                 return None;
             }
             let askers = std::mem::take(&mut self.waiting);
-            let mut current = Current {
+            let current = Current {
                 askers,
                 began: now,
                 step: Step::Querying,
