@@ -183,6 +183,22 @@ fn check_file_limit(config: &Config) -> Result<u64, DaemonError> {
     })
 }
 
+/// Where the answer to an MI request goes. Every transport has its variant; the rest of the
+/// path (dispatch, a reload queued and answered later) is the same for all.
+#[derive(Debug)]
+enum ReplyTo {
+    /// The FIFO: the request names its reply FIFO.
+    Fifo(Request),
+}
+
+impl ReplyTo {
+    fn request(&self) -> &Request {
+        match self {
+            ReplyTo::Fifo(req) => req,
+        }
+    }
+}
+
 /// Who asked for a reload, for its answer.
 #[derive(Debug)]
 enum Asker {
@@ -190,8 +206,8 @@ enum Asker {
     Start,
     /// SIGHUP.
     Sighup,
-    /// An MI request (`sockets_reload` or its alias) from the FIFO.
-    Mi(Request),
+    /// An MI request (`sockets_reload` or its alias).
+    Mi(ReplyTo),
 }
 
 /// An accepted connection waiting for a stream worker to take it.
@@ -438,7 +454,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 MI => {
                     if sup.mi_open {
                         for req in sup.mi.on_readable(poll.registry()) {
-                            sup.mi_request(req);
+                            sup.mi_request(ReplyTo::Fifo(req));
                         }
                     }
                 }
@@ -462,7 +478,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             break;
         }
         for req in sup.mi.on_tick() {
-            sup.mi_request(req);
+            sup.mi_request(ReplyTo::Fifo(req));
         }
     }
 
@@ -593,7 +609,7 @@ impl Supervisor {
 
     /// Every MI request, whatever transport brought it: answered at once, except a reload, which
     /// waits for its turn and is answered when it is done.
-    fn mi_request(&mut self, req: Request) {
+    fn mi_request(&mut self, to: ReplyTo) {
         let mut desk = Desk {
             sockets: &self.sockets,
             pool: &self.pool,
@@ -601,17 +617,24 @@ impl Supervisor {
             refused_connections: self.refused_connections,
             reload_asked: false,
         };
-        let result = mi::dispatch(&req, self.started, &mut desk);
+        let result = mi::dispatch(to.request(), self.started, &mut desk);
         if desk.reload_asked {
             if let Some(step) = self.reloading.step() {
                 info!(
                     "MI {}: queued behind the reload in progress ({step})",
-                    req.method
+                    to.request().method
                 );
             }
-            self.ask_reload(Asker::Mi(req));
+            self.ask_reload(Asker::Mi(to));
         } else {
-            self.mi.reply(&req, result);
+            self.answer(to, result);
+        }
+    }
+
+    /// Send an MI answer where its request came from.
+    fn answer(&mut self, to: ReplyTo, result: Result<Value, RpcError>) {
+        match to {
+            ReplyTo::Fifo(req) => self.mi.reply(&req, result),
         }
     }
 
@@ -647,7 +670,7 @@ impl Supervisor {
                     Ok(_) => info!("reload (SIGHUP): {summary}"),
                     Err(e) => warn!("reload (SIGHUP): {}", e.message),
                 },
-                Asker::Mi(req) => self.mi.reply(&req, f.result.clone()),
+                Asker::Mi(to) => self.answer(to, f.result.clone()),
             }
         }
         if !self.reloading.is_busy() {
