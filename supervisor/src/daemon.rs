@@ -56,6 +56,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 pub const MAX_WAITING: usize = 1024;
 /// How long an accepted connection waits for a stream worker before it is closed.
 pub const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+/// Most reload requests waiting for the one in progress; past it a request is answered at once
+/// with an error (one reload will answer all the waiting ones anyway).
+const MAX_RELOADS_WAITING: usize = 1024;
 /// Fds a process keeps besides the ones counted: stdio, epoll, signalfd, shm, database, FIFO...
 pub const FD_RESERVE: u64 = 64;
 /// How long stopping waits for the workers to exit before killing them.
@@ -422,7 +425,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut events = Events::with_capacity(256);
     loop {
         sup.turn(poll.registry(), Instant::now());
-        register_workers(poll.registry(), &sup.pool, &mut registered)?;
+        let room_wanted = !sup.waiting.is_empty();
+        register_workers(poll.registry(), &sup.pool, &mut registered, room_wanted)?;
         if std::mem::take(&mut sup.listeners_dirty) {
             sync_listeners(poll.registry(), &sup.sockets);
         }
@@ -519,17 +523,19 @@ fn sync_listeners(registry: &Registry, sockets: &Sockets) {
 }
 
 /// Register each worker's control channel once per process (a restarted worker has a new one),
-/// for reading, and for writing while messages wait in its outbox.
+/// for reading, and for writing while messages wait in its outbox (or, for stream workers, while
+/// connections wait for one of them: `room_wanted`).
 fn register_workers(
     registry: &Registry,
     pool: &Pool,
     registered: &mut [(u64, bool)],
+    room_wanted: bool,
 ) -> std::io::Result<()> {
     for (i, w) in pool.workers().iter().enumerate() {
         let Some(fd) = w.channel_fd() else {
             continue;
         };
-        let writable = w.wants_writable();
+        let writable = w.wants_writable() || (room_wanted && w.kind() == WorkerKind::Stream);
         let interest = if writable {
             Interest::READABLE | Interest::WRITABLE
         } else {
@@ -618,7 +624,13 @@ impl Supervisor {
             reload_asked: false,
         };
         let result = mi::dispatch(to.request(), self.started, &mut desk);
-        if desk.reload_asked {
+        if desk.reload_asked && self.reloading.waiting() >= MAX_RELOADS_WAITING {
+            let busy = RpcError::new(
+                500,
+                format!("Too many reloads waiting ({MAX_RELOADS_WAITING}); try again later"),
+            );
+            self.answer(to, Err(busy));
+        } else if desk.reload_asked {
             if let Some(step) = self.reloading.step() {
                 info!(
                     "MI {}: queued behind the reload in progress ({step})",

@@ -130,6 +130,11 @@ impl<A> Reloading<A> {
         self.waiting.push(asker);
     }
 
+    /// How many askers wait for the next reload.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// True while a reload is in progress or asked for.
     pub fn is_busy(&self) -> bool {
         self.current.is_some() || !self.waiting.is_empty()
