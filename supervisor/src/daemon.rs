@@ -14,7 +14,7 @@
 //! read without blocking and with a size limit. So while a reload is in progress, new stream
 //! connections are accepted and handed off, MI requests are answered at once (a second
 //! `sockets_reload` waits for its turn and is answered in order), and workers that die are
-//! restarted. Every MI request, whatever brought it, goes through [`Supervisor::mi_request`].
+//! restarted. Every MI request, whatever brought it, goes through `Supervisor::mi_request`.
 //! After start-up nothing that comes from outside stops the loop; only SIGTERM/SIGINT do, within
 //! 2 s whatever is in progress.
 
@@ -386,10 +386,22 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         }
         info!("running as user {user} (keeping only CAP_NET_BIND_SERVICE)");
     }
-    let mut poll = Poll::new()?;
-    // Started after the privilege drop, with every signal blocked (inherited from this thread).
-    let db_waker = Arc::new(Waker::new(poll.registry(), DB)?);
-    let db = DbThread::spawn(Some(db), mgm.clone(), db_waker)?;
+    // The database thread starts after the privilege drop, with every signal blocked (inherited
+    // from this thread).
+    let loop_parts = (move || -> std::io::Result<(Poll, DbThread)> {
+        let poll = Poll::new()?;
+        let db_waker = Arc::new(Waker::new(poll.registry(), DB)?);
+        let db = DbThread::spawn(Some(db), mgm.clone(), db_waker)?;
+        Ok((poll, db))
+    })();
+    let (mut poll, db) = match loop_parts {
+        Ok(parts) => parts,
+        Err(e) => {
+            mi_server.remove();
+            let _ = shm.remove();
+            return Err(e.into());
+        }
+    };
     let pool = Pool::new(
         mgm.processes,
         config.tcp.workers,
