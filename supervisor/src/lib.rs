@@ -14,7 +14,13 @@ pub mod mi;
 pub mod observe;
 pub mod pool;
 pub mod reload;
+pub mod reloading;
 pub mod row;
 pub mod stats;
 pub mod sys;
 pub mod top;
+
+/// How a unit test that cannot run its peer fails under CI or is recorded as skipped.
+#[cfg(test)]
+#[path = "../../worker/tests/common/skip.rs"]
+mod skip;

@@ -1,10 +1,23 @@
 //! The worker pool: starting workers (fork + exec of this binary), handing them the current sockets,
-//! broadcasting reloads, collecting acknowledgements, and restarting the ones that die.
+//! posting reloads, keeping track of their acknowledgements, telling live stream workers from
+//! stalled ones, and restarting the ones that die or hang.
 //!
 //! Each worker has its own control channel (a SOCK_SEQPACKET socketpair); fds travel with a
-//! manifest (`worker::ipc`). Sends use a timeout: a worker that does not take its messages (stopped,
-//! hung) or does not acknowledge a commit in time is killed and started again with the full state,
-//! so one stuck process can neither block a reload nor keep a removed port open.
+//! manifest (`worker::ipc`). Nothing here ever waits on a worker: a message is sent without
+//! waiting, and when the worker's queue is full it waits in that worker's outbox (its fds
+//! duplicated) until the event loop sees the channel writable ([`Pool::on_writable`]).
+//! Acknowledgements are read when the channel is readable ([`Pool::on_readable`]); a reload in
+//! progress collects them with [`Pool::gather`] and a deadline, and a worker that did not
+//! acknowledge in time is killed and started again with the full state, so one stuck process can
+//! neither hold up the loop nor keep a removed port open.
+//!
+//! Liveness of stream workers (the ones connections are handed to): a `Commit` of the generation
+//! the worker already has is a probe that changes nothing and is answered like any commit. A
+//! ready stream worker silent for [`PROBE_EVERY`] is probed; one whose probe (or any earlier
+//! message) is unanswered for [`STALL_AFTER`] is *stalled* and is handed no connection
+//! ([`Pool::hand_off`] skips it, as it skips a worker whose queue is full); stalled for
+//! [`ACK_TIMEOUT`] it is killed and started again. A worker that does not acknowledge its start
+//! within [`ACK_TIMEOUT`] is started again too.
 //!
 //! Restarts are rate-limited: a worker that dies soon after starting waits a growing delay (100 ms,
 //! doubling, at most 30 s) before its next start; one that ran for a while restarts at once.
@@ -13,6 +26,7 @@ use crate::sys;
 use log::{debug, error, info, warn};
 use nix::sys::signal::Signal;
 use shm::{Table, WorkerKind, WorkerState};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -27,8 +41,14 @@ use worker::ipc::{
 /// Most slots or socket entries one metadata message carries before the byte limit is checked.
 const MAX_SLOTS_PER_MESSAGE: usize = 500;
 
-/// How long a worker may take to accept a message or acknowledge a commit.
+/// How long a worker may take to acknowledge a commit (a reload's phase, its start).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A ready stream worker not heard from for this long is sent a liveness probe.
+pub const PROBE_EVERY: Duration = Duration::from_millis(100);
+/// A stream worker whose messages are unanswered for this long is handed no connection.
+pub const STALL_AFTER: Duration = Duration::from_millis(200);
+/// Most messages waiting in one worker's outbox; past it the worker is restarted.
+const MAX_OUTBOX: usize = 4096;
 /// A worker that ran at least this long before dying is restarted without delay.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -84,15 +104,52 @@ pub enum Phase {
     },
 }
 
-/// How a worker took a broadcast, when not simply "acknowledged".
+/// How a worker took a reload, when not simply "acknowledged": restarted (with why), or an entry
+/// it refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerOutcome {
     /// Pool.
     pub kind: WorkerKind,
     /// Rank.
     pub rank: u32,
-    /// What happened, e.g. "no acknowledgement within 5 s: restarted".
+    /// The process concerned, when known.
+    pub pid: Option<u32>,
+    /// The slot a `Refused` names; `None` for a restart.
+    pub slot: Option<u32>,
+    /// What happened, e.g. "no acknowledgement within 5 s; restarted", or the worker's reason for
+    /// refusing the slot.
     pub what: String,
+}
+
+impl WorkerOutcome {
+    /// True when the worker was restarted (not a refused entry).
+    pub fn restarted(&self) -> bool {
+        self.slot.is_none()
+    }
+}
+
+/// An entry a worker refused (`FromWorker::Refused`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Pool.
+    pub kind: WorkerKind,
+    /// Rank.
+    pub rank: u32,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// The generation of the refused entry.
+    pub generation: u64,
+    /// The refused slot.
+    pub slot: u32,
+    /// The worker's reason.
+    pub reason: String,
+}
+
+/// A message waiting for room in a worker's queue, with its own copies of the fds it carries.
+#[derive(Debug)]
+struct Parcel {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 /// One worker process.
@@ -110,6 +167,23 @@ pub struct Worker {
     /// How many times this rank was started (to tell one process's channel from the next).
     spawns: u64,
     acked: u64,
+    /// Messages the worker's queue had no room for, in order.
+    outbox: VecDeque<Parcel>,
+    /// Commits posted to this process, and acknowledgements received (one per commit).
+    commits: u64,
+    acks: u64,
+    /// The liveness probe in flight: when it was posted and the commit count it is.
+    probe: Option<(Instant, u64)>,
+    /// The last message from the worker.
+    heard: Instant,
+    /// Logged as stalled (logged once per stall).
+    stall_noted: bool,
+    /// The pid of the last process of this rank.
+    last_pid: Option<u32>,
+    /// Why the last process of this rank ended, for reload reports.
+    ended: Option<String>,
+    /// The supervisor killed it (its reason stands; the exit status adds nothing).
+    killed: bool,
 }
 
 impl Worker {
@@ -137,6 +211,46 @@ impl Worker {
     pub fn channel_fd(&self) -> Option<BorrowedFd<'_>> {
         self.channel.as_ref().map(|c| c.as_fd())
     }
+    /// True while messages wait in the outbox: the loop should watch the channel for room.
+    pub fn wants_writable(&self) -> bool {
+        self.channel.is_some() && !self.outbox.is_empty()
+    }
+    /// True when a message posted to this worker is unanswered for [`STALL_AFTER`].
+    pub fn stalled(&self, now: Instant) -> bool {
+        self.probe
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) >= STALL_AFTER)
+    }
+    /// True when connections may be handed to it now.
+    fn takes_connections(&self, now: Instant) -> bool {
+        self.kind == WorkerKind::Stream
+            && self.channel.is_some()
+            && self.phase == Phase::Ready
+            && self.outbox.is_empty()
+            && !self.stalled(now)
+    }
+}
+
+/// The workers a reload posted a phase to and whose acknowledgement it waits for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Waiting {
+    generation: u64,
+    /// (index, spawns) of each worker still to acknowledge.
+    workers: Vec<(usize, u64)>,
+}
+
+impl Waiting {
+    /// True when every worker acknowledged (or is accounted for).
+    pub fn is_done(&self) -> bool {
+        self.workers.is_empty()
+    }
+    /// How many are still waited for.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+    /// True when none is waited for.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
 }
 
 /// The fixed pool of workers.
@@ -146,6 +260,8 @@ pub struct Pool {
     reply_code: u16,
     reply_reason: String,
     stream: StreamSettings,
+    /// Entries refused by workers since the last [`Pool::take_refusals`].
+    refusals: Vec<Refusal>,
 }
 
 impl Pool {
@@ -173,6 +289,15 @@ impl Pool {
                 needs: 0,
                 spawns: 0,
                 acked: 0,
+                outbox: VecDeque::new(),
+                commits: 0,
+                acks: 0,
+                probe: None,
+                heard: now,
+                stall_noted: false,
+                last_pid: None,
+                ended: None,
+                killed: false,
             })
             .collect();
         Pool {
@@ -180,6 +305,7 @@ impl Pool {
             reply_code,
             reply_reason,
             stream: settings,
+            refusals: Vec::new(),
         }
     }
 
@@ -188,7 +314,8 @@ impl Pool {
         &self.workers
     }
 
-    /// Start worker `index` and hand it the current state (`served` at `generation`).
+    /// Start worker `index` and post it the current state (`served` at `generation`): it is
+    /// Ready once it acknowledged that.
     pub fn start(
         &mut self,
         index: usize,
@@ -202,11 +329,6 @@ impl Pool {
         let (kind, rank) = (w.kind, w.rank);
         let (ours, theirs) =
             Channel::pair().map_err(|source| PoolError::Channel { kind, rank, source })?;
-        sys::set_send_timeout(ours.as_fd(), ACK_TIMEOUT).map_err(|e| PoolError::Channel {
-            kind,
-            rank,
-            source: e.into(),
-        })?;
         // The worker's end must survive exec: clear CLOEXEC for this one spawn only. The supervisor
         // spawns from one thread, so no other child can inherit it; our copy is closed right after.
         sys::set_cloexec(theirs.as_fd(), false).map_err(|e| PoolError::Channel {
@@ -231,13 +353,23 @@ impl Pool {
         drop(theirs);
         let pid = child.id();
         info!("{kind} worker {rank} started (pid {pid})");
+        let now = Instant::now();
         w.child = Some(child);
         w.channel = Some(ours);
         w.phase = Phase::Starting;
-        w.started_at = Instant::now();
+        w.started_at = now;
         w.needs = generation;
         w.acked = 0;
         w.spawns += 1;
+        w.outbox.clear();
+        w.commits = 0;
+        w.acks = 0;
+        w.probe = None;
+        w.heard = now;
+        w.stall_noted = false;
+        w.last_pid = Some(pid);
+        w.ended = None;
+        w.killed = false;
         if let Some(rec) = shm.worker(kind, rank) {
             rec.set_pid(pid);
             rec.set_state(WorkerState::Starting);
@@ -247,15 +379,15 @@ impl Pool {
             reply_reason,
             stream,
         };
-        let sent = send(w, &setup.encode(), &[shm.file().as_fd()])
+        let sent = post(w, setup.encode(), &[shm.file().as_fd()])
             .and_then(|_| match kind {
-                WorkerKind::Udp => send_adds(w, generation, &served.udp),
-                WorkerKind::Stream => send_infos(w, generation, &served.stream, Infos::Describe),
+                WorkerKind::Udp => post_adds(w, generation, &served.udp),
+                WorkerKind::Stream => post_infos(w, generation, &served.stream, Infos::Describe),
             })
-            .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
+            .and_then(|_| post_commit(w, generation));
         if let Err(e) = sent {
             warn!("{kind} worker {rank}: cannot hand over the current sockets: {e}; restarting it");
-            kill(w);
+            kill(w, format!("could not be handed the current sockets: {e}"));
         }
         Ok(())
     }
@@ -267,7 +399,8 @@ impl Pool {
             let Phase::Dead { restart_at } = self.workers[i].phase else {
                 continue;
             };
-            if restart_at > now {
+            if restart_at > now || self.workers[i].child.is_some() {
+                // Not due, or killed and not reaped yet (its exit is what schedules it).
                 continue;
             }
             if let Err(e) = self.start(i, shm, served, generation) {
@@ -285,6 +418,7 @@ impl Pool {
     pub fn next_restart(&self) -> Option<Instant> {
         self.workers
             .iter()
+            .filter(|w| w.child.is_none())
             .filter_map(|w| match w.phase {
                 Phase::Dead { restart_at } => Some(restart_at),
                 _ => None,
@@ -320,8 +454,14 @@ impl Pool {
                         ran.as_secs_f64(),
                         w.backoff.as_millis()
                     );
+                    // A worker we killed keeps the reason we had; any other says how it ended.
+                    if !w.killed {
+                        w.ended = Some(how);
+                    }
                     w.child = None;
                     w.channel = None;
+                    w.outbox.clear();
+                    w.probe = None;
                     w.phase = Phase::Dead { restart_at };
                     if let Some(rec) = shm.worker(w.kind, w.rank) {
                         rec.set_state(WorkerState::Dead);
@@ -349,99 +489,210 @@ impl Pool {
             match ch.try_recv(&mut buf) {
                 Ok(Some(fds)) => {
                     drop(fds); // workers never send fds; close any that came
-                    handle_message(w, &buf, shm);
+                    if let Some(r) = handle_message(w, &buf, shm) {
+                        self.refusals.push(r);
+                    }
                 }
                 Ok(None) => {
                     debug!("{} worker {}: control channel closed", w.kind, w.rank);
-                    kill(w);
+                    // It is ending by itself: reap() says how.
+                    kill(w, "closed its control channel".into());
+                    w.killed = false;
                     return;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
                     warn!("{} worker {}: control channel: {e}", w.kind, w.rank);
-                    kill(w);
+                    kill(w, format!("its control channel failed: {e}"));
                     return;
                 }
             }
         }
     }
 
+    /// Worker `index`'s queue has room again: send what waits in its outbox, in order.
+    pub fn on_writable(&mut self, index: usize) {
+        if let Some(w) = self.workers.get_mut(index) {
+            if let Err(e) = flush(w) {
+                give_up(w, format!("its control channel failed: {e}"));
+            }
+        }
+    }
+
+    /// The entries workers refused since the last call (each also logged when it came).
+    pub fn take_refusals(&mut self) -> Vec<Refusal> {
+        std::mem::take(&mut self.refusals)
+    }
+
     /// Phase 1 of a reload: UDP workers drop `udp` slots, stream workers drain the connections of
-    /// `stream` slots; waits for every acknowledgement.
-    pub fn broadcast_remove(
+    /// `stream` slots, then a commit. Posted to every live worker without waiting; returns whom to
+    /// wait for ([`Pool::gather`]) and the workers that could not even be posted to (restarted).
+    pub fn post_remove(
         &mut self,
         generation: u64,
         udp: &[u32],
         stream: &[u32],
-        shm: &Table,
-    ) -> Vec<WorkerOutcome> {
-        let mut out = Vec::new();
-        for w in self.live_mut() {
+    ) -> (Waiting, Vec<WorkerOutcome>) {
+        self.post_all(generation, "the removal", |w| {
             let slots = if w.kind == WorkerKind::Udp {
                 udp
             } else {
                 stream
             };
-            let sent = slots
-                .chunks(MAX_SLOTS_PER_MESSAGE)
-                .try_for_each(|c| {
-                    send(
-                        w,
-                        &ToWorker::Remove {
-                            generation,
-                            slots: c.to_vec(),
-                        }
-                        .encode(),
-                        &[],
-                    )
-                })
-                .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
-            if let Err(e) = sent {
-                out.push(give_up(
-                    w,
-                    format!("could not be sent the removal: {e}; restarted"),
-                ));
+            for c in slots.chunks(MAX_SLOTS_PER_MESSAGE) {
+                let msg = ToWorker::Remove {
+                    generation,
+                    slots: c.to_vec(),
+                };
+                post(w, msg.encode(), &[])?;
             }
-        }
-        out.extend(self.wait_acks(generation, shm));
-        out
+            Ok(())
+        })
     }
 
     /// Phase 2 of a reload: UDP workers get the new sockets (with their fds) and the in-place
     /// updates; stream workers get the metadata of new and updated stream sockets; then a commit.
-    /// Waits for every acknowledgement.
-    pub fn broadcast_apply(
+    /// Posted to EVERY live worker before any acknowledgement is waited for.
+    pub fn post_apply(
         &mut self,
         generation: u64,
         udp_adds: &[(SocketInfo, BorrowedFd<'_>)],
         udp_updates: &[SocketInfo],
         stream: &[SocketInfo],
-        shm: &Table,
-    ) -> Vec<WorkerOutcome> {
+    ) -> (Waiting, Vec<WorkerOutcome>) {
+        self.post_all(generation, "the new sockets", |w| match w.kind {
+            WorkerKind::Udp => post_adds(w, generation, udp_adds)
+                .and_then(|_| post_infos(w, generation, udp_updates, Infos::Update)),
+            WorkerKind::Stream => post_infos(w, generation, stream, Infos::Describe),
+        })
+    }
+
+    fn post_all(
+        &mut self,
+        generation: u64,
+        what: &str,
+        mut body: impl FnMut(&mut Worker) -> std::io::Result<()>,
+    ) -> (Waiting, Vec<WorkerOutcome>) {
+        let mut waiting = Waiting {
+            generation,
+            workers: Vec::new(),
+        };
         let mut out = Vec::new();
-        for w in self.live_mut() {
-            let sent = match w.kind {
-                WorkerKind::Udp => send_adds(w, generation, udp_adds)
-                    .and_then(|_| send_infos(w, generation, udp_updates, Infos::Update)),
-                WorkerKind::Stream => send_infos(w, generation, stream, Infos::Describe),
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if w.channel.is_none() {
+                continue;
             }
-            .and_then(|_| send(w, &ToWorker::Commit { generation }.encode(), &[]));
-            if let Err(e) = sent {
-                out.push(give_up(
-                    w,
-                    format!("could not be sent the new sockets: {e}; restarted"),
-                ));
+            match body(w).and_then(|_| post_commit(w, generation)) {
+                Ok(()) => waiting.workers.push((i, w.spawns)),
+                Err(e) => out.push(give_up(w, format!("could not be sent {what}: {e}"))),
             }
         }
-        out.extend(self.wait_acks(generation, shm));
+        (waiting, out)
+    }
+
+    /// Collect the acknowledgements of a posted phase: forgets every worker that acknowledged,
+    /// reports every one that ended meanwhile, and at `deadline` kills the ones still silent (they
+    /// restart with the full state). Never waits.
+    pub fn gather(
+        &mut self,
+        waiting: &mut Waiting,
+        deadline: Instant,
+        now: Instant,
+    ) -> Vec<WorkerOutcome> {
+        let generation = waiting.generation;
+        let mut out = Vec::new();
+        waiting.workers.retain(|&(i, spawns)| {
+            let w = &mut self.workers[i];
+            if w.spawns != spawns || w.channel.is_none() {
+                let why = w.ended.clone().unwrap_or_else(|| "ended".into());
+                warn!(
+                    "{} worker {} {why} during the reload; it restarts with the whole set",
+                    w.kind, w.rank
+                );
+                out.push(WorkerOutcome {
+                    kind: w.kind,
+                    rank: w.rank,
+                    pid: w.last_pid,
+                    slot: None,
+                    what: format!("{why} during the reload; restarted"),
+                });
+                return false;
+            }
+            if w.acked >= generation {
+                return false;
+            }
+            if now >= deadline {
+                out.push(give_up(
+                    w,
+                    format!("no acknowledgement within {} s", ACK_TIMEOUT.as_secs()),
+                ));
+                return false;
+            }
+            true
+        });
         out
     }
 
+    /// Housekeeping on every turn of the loop: probe ready stream workers not heard from for
+    /// [`PROBE_EVERY`], note the ones stalled for [`STALL_AFTER`], and restart the ones stalled
+    /// (or not acknowledging their start) for [`ACK_TIMEOUT`].
+    pub fn tick(&mut self, now: Instant) {
+        for w in &mut self.workers {
+            if w.channel.is_none() {
+                continue;
+            }
+            let silent_for = |at: Instant| now.saturating_duration_since(at);
+            if w.phase == Phase::Starting && silent_for(w.started_at) >= ACK_TIMEOUT {
+                give_up(
+                    w,
+                    format!(
+                        "did not acknowledge its start within {} s",
+                        ACK_TIMEOUT.as_secs()
+                    ),
+                );
+                continue;
+            }
+            if w.kind != WorkerKind::Stream || w.phase != Phase::Ready {
+                continue;
+            }
+            match w.probe {
+                Some((at, _)) if silent_for(at) >= ACK_TIMEOUT => {
+                    give_up(
+                        w,
+                        format!("stalled: no answer for {} s", ACK_TIMEOUT.as_secs()),
+                    );
+                }
+                Some((at, _)) if silent_for(at) >= STALL_AFTER && !w.stall_noted => {
+                    w.stall_noted = true;
+                    warn!(
+                        "stream worker {} (pid {}) stalled: no answer for {} ms; it is handed no \
+                         connection until it answers (restarted after {} s)",
+                        w.rank,
+                        w.last_pid.unwrap_or(0),
+                        silent_for(at).as_millis(),
+                        ACK_TIMEOUT.as_secs()
+                    );
+                }
+                Some(_) => {}
+                None if silent_for(w.heard) >= PROBE_EVERY => {
+                    let generation = w.acked;
+                    match post_commit(w, generation) {
+                        Ok(()) => w.probe = Some((now, w.commits)),
+                        Err(e) => {
+                            give_up(w, format!("could not be probed: {e}"));
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Hand an accepted connection of stream socket `slot` to the least-loaded stream worker that
-    /// takes it without waiting (a stalled worker is skipped, never waited for). The worker's
-    /// connection gauge in shm is raised here, at the hand-off, so the next choice (and the
-    /// max_connections check) sees it at once; the worker lowers it when the connection ends (or
-    /// when it refuses it), and a dead worker's gauge is reset when it is reaped. Returns the
+    /// is live (not stalled, nothing waiting in its outbox) and takes it without waiting. The
+    /// worker's connection gauge in shm is raised here, at the hand-off, so the next choice (and
+    /// the max_connections check) sees it at once; the worker lowers it when the connection ends
+    /// (or when it refuses it), and a dead worker's gauge is reset when it is reaped. Returns the
     /// rank, or the connection back when no worker took it.
     pub fn hand_off(
         &mut self,
@@ -450,6 +701,7 @@ impl Pool {
         conn: OwnedFd,
         shm: &Table,
     ) -> Result<u32, OwnedFd> {
+        let now = Instant::now();
         let load = |rank: u32| {
             shm.worker(WorkerKind::Stream, rank)
                 .map_or(0, |r| r.connections())
@@ -458,9 +710,7 @@ impl Pool {
             .workers
             .iter()
             .enumerate()
-            .filter(|(_, w)| {
-                w.kind == WorkerKind::Stream && w.channel.is_some() && w.phase == Phase::Ready
-            })
+            .filter(|(_, w)| w.takes_connections(now))
             .map(|(i, w)| (load(w.rank), i))
             .collect();
         candidates.sort_unstable();
@@ -498,12 +748,20 @@ impl Pool {
         Err(conn)
     }
 
+    /// True when some stream worker could take a connection now (see [`Pool::hand_off`]).
+    pub fn can_hand_off(&self) -> bool {
+        let now = Instant::now();
+        self.workers.iter().any(|w| w.takes_connections(now))
+    }
+
     /// Ask every worker to exit; returns once all have exited or `deadline` passed (the rest are
-    /// killed).
+    /// killed). Never waits on a worker's queue: one that has no room is killed at the deadline.
     pub fn shutdown(&mut self, deadline: Instant) {
         for w in &mut self.workers {
-            if w.channel.is_some() {
-                let _ = send(w, &ToWorker::Shutdown.encode(), &[]);
+            if let Some(ch) = &w.channel {
+                if w.outbox.is_empty() {
+                    let _ = ch.try_send(&ToWorker::Shutdown.encode(), &[]);
+                }
             }
         }
         for w in &mut self.workers {
@@ -523,80 +781,29 @@ impl Pool {
             }
             w.child = None;
             w.channel = None;
-        }
-    }
-
-    fn live_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
-        self.workers.iter_mut().filter(|w| w.channel.is_some())
-    }
-
-    /// Wait until every live worker acknowledged `generation`, or ACK_TIMEOUT passed.
-    fn wait_acks(&mut self, generation: u64, shm: &Table) -> Vec<WorkerOutcome> {
-        let deadline = Instant::now() + ACK_TIMEOUT;
-        let mut buf = Vec::new();
-        loop {
-            let pending: Vec<usize> = (0..self.workers.len())
-                .filter(|&i| {
-                    self.workers[i].channel.is_some() && self.workers[i].acked < generation
-                })
-                .collect();
-            if pending.is_empty() {
-                return Vec::new();
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return pending
-                    .into_iter()
-                    .map(|i| {
-                        give_up(
-                            &mut self.workers[i],
-                            format!(
-                                "no acknowledgement within {} s; restarted",
-                                ACK_TIMEOUT.as_secs()
-                            ),
-                        )
-                    })
-                    .collect();
-            }
-            let ready = {
-                let fds: Vec<BorrowedFd<'_>> = pending
-                    .iter()
-                    .filter_map(|&i| self.workers[i].channel_fd())
-                    .collect();
-                sys::poll_readable(&fds, deadline - now)
-            };
-            let mut out = Vec::new();
-            for (k, readable) in ready.into_iter().enumerate() {
-                if !readable {
-                    continue;
-                }
-                let w = &mut self.workers[pending[k]];
-                match w.channel.as_ref().map(|c| c.try_recv(&mut buf)) {
-                    Some(Ok(Some(_fds))) => handle_message(w, &buf, shm),
-                    Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Some(Ok(None)) | Some(Err(_)) => {
-                        out.push(give_up(w, "died during the reload; restarted".into()))
-                    }
-                    None => {}
-                }
-            }
-            if !out.is_empty() {
-                return out
-                    .into_iter()
-                    .chain(self.wait_acks(generation, shm))
-                    .collect();
-            }
+            w.outbox.clear();
         }
     }
 }
 
-fn handle_message(w: &mut Worker, buf: &[u8], shm: &Table) {
+/// Handle one message of a worker; returns the entry it refused, if that is what it said.
+fn handle_message(w: &mut Worker, buf: &[u8], shm: &Table) -> Option<Refusal> {
     let was = w.phase;
+    let now = Instant::now();
+    w.heard = now;
+    let mut refusal = None;
     match FromWorker::decode(buf) {
         Ok(FromWorker::Ack { generation, .. }) => {
+            w.acks += 1;
             w.acked = w.acked.max(generation);
             if w.phase == Phase::Starting && w.acked >= w.needs {
                 w.phase = Phase::Ready;
+            }
+            if w.probe.is_some_and(|(_, n)| w.acks >= n) {
+                w.probe = None;
+                if std::mem::take(&mut w.stall_noted) {
+                    info!("{} worker {} answers again", w.kind, w.rank);
+                }
             }
         }
         Ok(FromWorker::Hello { pid, .. }) => {
@@ -610,7 +817,15 @@ fn handle_message(w: &mut Worker, buf: &[u8], shm: &Table) {
             warn!(
                 "{} worker {} refused slot {slot} of generation {generation}: {reason}",
                 w.kind, w.rank
-            )
+            );
+            refusal = Some(Refusal {
+                kind: w.kind,
+                rank: w.rank,
+                pid: w.last_pid,
+                generation,
+                slot,
+                reason,
+            });
         }
         Err(e) => warn!("{} worker {}: {e}", w.kind, w.rank),
     }
@@ -623,51 +838,93 @@ fn handle_message(w: &mut Worker, buf: &[u8], shm: &Table) {
             rec.set_state(WorkerState::Ready);
         }
     }
+    refusal
 }
 
-fn send(w: &Worker, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
-    match &w.channel {
-        Some(ch) => ch.send(bytes, fds),
-        None => Err(std::io::Error::new(
+/// Send a message to a worker without waiting: at once when its queue has room and nothing waits
+/// before it, else into its outbox (with copies of the fds, which the caller keeps).
+fn post(w: &mut Worker, bytes: Vec<u8>, fds: &[BorrowedFd<'_>]) -> std::io::Result<()> {
+    let Some(ch) = &w.channel else {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::NotConnected,
             "worker not running",
-        )),
+        ));
+    };
+    if w.outbox.is_empty() {
+        match ch.try_send(&bytes, fds) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
+    if w.outbox.len() >= MAX_OUTBOX {
+        return Err(std::io::Error::other(format!(
+            "{MAX_OUTBOX} control messages already wait for it"
+        )));
+    }
+    let fds = fds
+        .iter()
+        .map(|fd| fd.try_clone_to_owned())
+        .collect::<std::io::Result<Vec<OwnedFd>>>()?;
+    w.outbox.push_back(Parcel { bytes, fds });
+    Ok(())
 }
 
-/// Send `Add` messages in batches the kernel accepts (at most MAX_FDS_PER_MESSAGE fds each).
-fn send_adds(
-    w: &Worker,
+/// Send what waits in the outbox until the queue is full again.
+fn flush(w: &mut Worker) -> std::io::Result<()> {
+    while let Some(p) = w.outbox.front() {
+        let Some(ch) = &w.channel else {
+            w.outbox.clear();
+            return Ok(());
+        };
+        let fds: Vec<BorrowedFd<'_>> = p.fds.iter().map(|f| f.as_fd()).collect();
+        match ch.try_send(&p.bytes, &fds) {
+            Ok(()) => {
+                w.outbox.pop_front();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Post a commit (every commit is acknowledged once, in order).
+fn post_commit(w: &mut Worker, generation: u64) -> std::io::Result<()> {
+    post(w, ToWorker::Commit { generation }.encode(), &[])?;
+    w.commits += 1;
+    Ok(())
+}
+
+/// Post `Add` messages in batches the kernel accepts (at most MAX_FDS_PER_MESSAGE fds each).
+fn post_adds(
+    w: &mut Worker,
     generation: u64,
     adds: &[(SocketInfo, BorrowedFd<'_>)],
 ) -> std::io::Result<()> {
     for batch in adds.chunks(MAX_FDS_PER_MESSAGE) {
         let sockets: Vec<SocketInfo> = batch.iter().map(|(i, _)| i.clone()).collect();
         let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|(_, fd)| *fd).collect();
-        send(
-            w,
-            &ToWorker::Add {
-                generation,
-                sockets,
-            }
-            .encode(),
-            &fds,
-        )?;
+        let msg = ToWorker::Add {
+            generation,
+            sockets,
+        };
+        post(w, msg.encode(), &fds)?;
     }
     Ok(())
 }
 
-/// Which metadata message [`send_infos`] sends.
+/// Which metadata message [`post_infos`] sends.
 #[derive(Clone, Copy)]
 enum Infos {
     Update,
     Describe,
 }
 
-/// Send socket metadata in messages that fit MAX_MESSAGE_SIZE (TLS material makes entries big:
+/// Post socket metadata in messages that fit MAX_MESSAGE_SIZE (TLS material makes entries big:
 /// a batch that does not fit is halved until it does).
-fn send_infos(
-    w: &Worker,
+fn post_infos(
+    w: &mut Worker,
     generation: u64,
     infos: &[SocketInfo],
     which: Infos,
@@ -694,28 +951,48 @@ fn send_infos(
             n /= 2;
             bytes = encode(&rest[..n]);
         }
-        send(w, &bytes, &[])?;
+        post(w, bytes, &[])?;
         rest = &rest[n..];
     }
     Ok(())
 }
 
-fn kill(w: &mut Worker) {
+/// Kill the worker's process (reap() sees the exit and schedules the restart); `why` is what a
+/// reload report says of it.
+fn kill(w: &mut Worker, why: String) {
     if let Some(pid) = w.pid() {
         sys::kill(pid, Signal::SIGKILL);
     }
-    // The channel goes now so nothing more is sent to it; reap() sees the exit and restarts it.
+    w.ended = Some(why);
+    w.killed = true;
+    // The channel goes now so nothing more is sent to it.
     w.channel = None;
+    w.outbox.clear();
+    w.probe = None;
+    if !matches!(w.phase, Phase::Dead { .. }) {
+        w.phase = Phase::Dead {
+            restart_at: Instant::now(),
+        };
+    }
 }
 
-fn give_up(w: &mut Worker, what: String) -> WorkerOutcome {
-    warn!("{} worker {}: {what}", w.kind, w.rank);
-    kill(w);
-    WorkerOutcome {
+/// Kill a worker that did not do what it should (`cause`); it restarts with the whole set.
+fn give_up(w: &mut Worker, cause: String) -> WorkerOutcome {
+    warn!(
+        "{} worker {} (pid {}): {cause}; restarted",
+        w.kind,
+        w.rank,
+        w.last_pid.unwrap_or(0)
+    );
+    let outcome = WorkerOutcome {
         kind: w.kind,
         rank: w.rank,
-        what,
-    }
+        pid: w.last_pid,
+        slot: None,
+        what: format!("{cause}; restarted"),
+    };
+    kill(w, cause);
+    outcome
 }
 
 fn next_backoff(b: Duration) -> Duration {

@@ -1,17 +1,24 @@
 //! The reload: diff the running set against a validated table, then apply the difference.
 //!
 //! [`diff`] is pure and costs O(rows + running) through a hash map keyed by identity (proto, IP,
-//! port). [`Sockets::apply`] carries a plan out: removals first (acknowledged by every worker, so a
-//! port freed by a removal can be bound again in the same reload), then binds, fd hand-off, in-place
-//! updates, and one commit acknowledged by every worker before the caller answers.
+//! port). [`Sockets`] carries a plan out in steps, between which the workers acknowledge (the
+//! event loop waits for those, never this module; see `reloading`):
+//! 1. [`Sockets::stage`]: the plan, TLS material re-read, removals taken out of the running set
+//!    (their fds stay open) and the phase-1 message ([`Removal`]);
+//! 2. once every worker acknowledged the removal, [`Sockets::release`] frees their slots and closes
+//!    the supervisor's copies, so the ports they held are free for this same reload;
+//! 3. [`Sockets::bind`]: binds, in-place updates (each changed socket option set alone; one that
+//!    fails keeps the value in force, which is what the shm table and `sockets_list` then show)
+//!    and the phase-2 content ([`Changes`]);
+//! 4. once acknowledged, [`Sockets::commit`]: the table order, the listeners, the generation.
 //!
 //! Nothing here reads the database or talks MI: the daemon gives it rows and turns its report into
-//! a reply.
+//! a reply. [`in_force`] (which values a socket runs with after a partly failed update) is pure.
 
 use crate::config::Tls as TlsConfig;
-use crate::pool::{Pool, Served, WorkerOutcome};
+use crate::pool::{Served, WorkerOutcome};
 use crate::row::{format_flags, Identity, SocketDef};
-use crate::sys;
+use crate::sys::{self, LiveOption};
 use log::{info, warn};
 use serde_json::{json, Value};
 use shm::Proto;
@@ -162,7 +169,10 @@ pub struct Failure {
     pub reason: String,
 }
 
-/// What one apply did.
+/// The most bytes read from a certificate, key or CA file.
+pub const MAX_TLS_FILE: u64 = 1024 * 1024;
+
+/// What one reload did.
 #[derive(Debug, Default)]
 pub struct Report {
     /// The generation committed.
@@ -175,10 +185,99 @@ pub struct Report {
     pub updated: usize,
     /// Rebound (reuse_port changed) or bound again after a failure.
     pub rebound: usize,
-    /// Rows whose bind failed.
+    /// Rows whose bind failed (or whose TLS material did not load).
     pub failures: Vec<Failure>,
-    /// Workers that did not acknowledge (restarted with the full set).
+    /// Sockets updated in place that kept some values because a socket option could not be set.
+    pub kept: Vec<Failure>,
+    /// Workers restarted during the reload, and entries workers refused.
     pub workers: Vec<WorkerOutcome>,
+}
+
+/// A reload between its steps (see the module docs): the plan and what it took out of the running
+/// set.
+#[derive(Debug)]
+pub struct Staged {
+    table: Vec<SocketDef>,
+    plan: Plan,
+    /// Taken out of the running set: their fds stay open until every worker acknowledged phase 1.
+    gone: Vec<Running>,
+    /// The phase-1 message, when there is something to remove.
+    removal: Option<Removal>,
+    tls_errors: Vec<Failure>,
+    report: Report,
+}
+
+impl Staged {
+    /// Phase 1, when the reload removes anything (or rebinds).
+    pub fn removal(&self) -> Option<&Removal> {
+        self.removal.as_ref()
+    }
+
+    /// True when the table asks for nothing new: no message to any worker.
+    pub fn changes_nothing(&self) -> bool {
+        self.plan.is_empty()
+    }
+}
+
+/// Phase 1 of a reload: what every worker drops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The generation it is committed as.
+    pub generation: u64,
+    /// UDP slots whose fds the workers close.
+    pub udp: Vec<u32>,
+    /// Stream slots whose connections the workers drain.
+    pub stream: Vec<u32>,
+}
+
+/// Phase 2 of a reload: what every worker is told, all in one go.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The generation it is committed as.
+    pub generation: u64,
+    /// New UDP sockets (their fds: [`Sockets::udp_fds`]).
+    pub udp_adds: Vec<SocketInfo>,
+    /// UDP sockets updated in place.
+    pub udp_updates: Vec<SocketInfo>,
+    /// Stream sockets new or updated (metadata: stream workers never get a listener).
+    pub stream: Vec<SocketInfo>,
+}
+
+/// Which live options failed to be set in place on a socket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unapplied {
+    /// IP_TOS / IPV6_TCLASS.
+    pub tos: bool,
+    /// The path-MTU discovery mode.
+    pub frag: bool,
+    /// IP_FREEBIND / IPV6_FREEBIND.
+    pub anycast: bool,
+}
+
+impl Unapplied {
+    fn mark(&mut self, option: LiveOption) {
+        match option {
+            LiveOption::Tos => self.tos = true,
+            LiveOption::Frag => self.frag = true,
+            LiveOption::Anycast => self.anycast = true,
+        }
+    }
+}
+
+/// The row a socket runs as after an in-place update from `old` to `asked` in which the options
+/// in `unapplied` could not be set: `asked`, with those values as they were. Pure.
+pub fn in_force(old: &SocketDef, asked: &SocketDef, unapplied: Unapplied) -> SocketDef {
+    let mut d = asked.clone();
+    if unapplied.tos {
+        d.tos = old.tos;
+    }
+    if unapplied.frag {
+        d.flags.frag = old.flags.frag;
+    }
+    if unapplied.anycast {
+        d.flags.anycast = old.flags.anycast;
+    }
+    d
 }
 
 /// The running set, in table order for `sockets_list`.
@@ -204,10 +303,11 @@ impl Sockets {
     }
 
     /// What a (re)started worker is given: the bound UDP sockets with their fds, and the stream
-    /// sockets' metadata (their listeners stay here).
+    /// sockets' metadata (their listeners stay here). The whole running set, also in the middle of
+    /// a reload (a worker started then gets the generation in force, which it acknowledges).
     pub fn served(&self) -> Served<'_> {
         let mut served = Served::default();
-        for r in self.iter() {
+        for r in self.running.values() {
             let Some(fd) = r.fd.as_ref() else { continue };
             if r.def.proto.is_datagram() {
                 served.udp.push((r.info(), fd.as_fd()));
@@ -241,18 +341,12 @@ impl Sockets {
         self.running.is_empty()
     }
 
-    /// Apply a validated table. Never fails as a whole: what could not be applied is in the report.
-    /// TLS material of `tls`/`wss` rows is read from the files `tls` names, at every reload.
-    pub fn apply(
-        &mut self,
-        table_defs: &[SocketDef],
-        tls: &TlsConfig,
-        pool: &mut Pool,
-        shm: &Table,
-    ) -> Report {
-        let mut plan = diff(&self.running, table_defs);
-        let mut report = Report::default();
-
+    /// Step 1 of a reload of a validated table: the plan, TLS material re-read for running TLS
+    /// sockets (a change is an in-place update), and the removals (and the old side of rebinds)
+    /// taken out of the running set, with the phase-1 message when there are any. Never fails as a
+    /// whole: what cannot be applied ends up in the report.
+    pub fn stage(&mut self, table: Vec<SocketDef>, tls: &TlsConfig) -> Staged {
+        let mut plan = diff(&self.running, &table);
         // Certificates are re-read at every reload: a running TLS socket whose material changed is
         // an in-place update (new connections get the new certificate; nothing is rebound).
         let mut tls_errors: Vec<Failure> = Vec::new();
@@ -263,7 +357,7 @@ impl Sockets {
             .chain(&plan.retry)
             .map(SocketDef::identity)
             .collect();
-        for def in table_defs.iter().filter(|d| needs_tls(d)) {
+        for def in table.iter().filter(|d| needs_tls(d)) {
             let id = def.identity();
             let Some(r) = self.running.get(&id) else {
                 continue;
@@ -281,51 +375,76 @@ impl Sockets {
                 }),
             }
         }
-
-        if plan.is_empty() {
-            self.order = table_defs.iter().map(SocketDef::identity).collect();
-            report.generation = self.generation;
-            report.failures = self.failures();
-            report.failures.extend(tls_errors);
-            return report;
+        let mut staged = Staged {
+            table,
+            plan,
+            gone: Vec::new(),
+            removal: None,
+            tls_errors,
+            report: Report::default(),
+        };
+        if staged.plan.is_empty() {
+            return staged;
         }
-
         // Phase 1: removals (and the old side of rebinds), acknowledged by every worker before any
-        // new bind, so the ports they free can be taken by this same reload. A stream listener is
-        // closed here at once; its established connections drain in the workers.
-        let gone_ids: Vec<Identity> = plan
+        // new bind, so the ports they free can be taken by this same reload. A stream listener
+        // leaves the loop's listeners now; its established connections drain in the workers.
+        let gone_ids: Vec<Identity> = staged
+            .plan
             .remove
             .iter()
             .copied()
-            .chain(plan.rebind.iter().map(SocketDef::identity))
+            .chain(staged.plan.rebind.iter().map(SocketDef::identity))
             .collect();
-        let gone: Vec<Running> = gone_ids
+        staged.gone = gone_ids
             .iter()
             .filter_map(|id| self.running.remove(id))
             .collect();
-        if !gone.is_empty() {
+        for r in &staged.gone {
+            self.listeners.remove(&r.slot);
+        }
+        if !staged.gone.is_empty() {
             self.generation += 1;
             let bound = |datagram: bool| -> Vec<u32> {
-                gone.iter()
+                staged
+                    .gone
+                    .iter()
                     .filter(|r| r.fd.is_some() && r.def.proto.is_datagram() == datagram)
                     .map(|r| r.slot)
                     .collect()
             };
-            let (udp, stream) = (bound(true), bound(false));
-            report
-                .workers
-                .extend(pool.broadcast_remove(self.generation, &udp, &stream, shm));
-            for r in gone {
-                shm.free_slot(r.slot);
-                drop(r.fd); // the supervisor's copy: the last one once every worker acknowledged
-            }
-            report.removed = plan.remove.len();
+            staged.removal = Some(Removal {
+                generation: self.generation,
+                udp: bound(true),
+                stream: bound(false),
+            });
         }
+        staged
+    }
 
-        // Phase 2: binds (new, rebound, retried), in-place updates, one commit.
+    /// Step 2, once every worker acknowledged the removal: free the removed sockets' slots and
+    /// close the supervisor's copies (the last ones), so their ports are free.
+    pub fn release(&mut self, staged: &mut Staged, shm: &Table) {
+        for r in staged.gone.drain(..) {
+            shm.free_slot(r.slot);
+            drop(r.fd);
+        }
+        staged.report.removed = staged.plan.remove.len();
+    }
+
+    /// Step 3: binds (new, rebound, retried) and in-place updates; returns what every worker is
+    /// told in phase 2 (the UDP fds: [`Sockets::udp_fds`]).
+    pub fn bind(&mut self, staged: &mut Staged, tls: &TlsConfig, shm: &Table) -> Changes {
+        debug_assert!(
+            staged.gone.is_empty(),
+            "bind before the removals are released"
+        );
         self.generation += 1;
-        let generation = self.generation;
-        let mut added: Vec<Identity> = Vec::new();
+        let mut changes = Changes {
+            generation: self.generation,
+            ..Changes::default()
+        };
+        let plan = &staged.plan;
         let retry_slots: HashMap<Identity, u32> = plan
             .retry
             .iter()
@@ -335,6 +454,7 @@ impl Sockets {
                     .map(|r| (d.identity(), r.slot))
             })
             .collect();
+        let mut added: Vec<Identity> = Vec::new();
         for def in plan.add.iter().chain(&plan.rebind).chain(&plan.retry) {
             let id = def.identity();
             let r = bind_running(def.clone(), tls, shm, retry_slots.get(&id).copied());
@@ -343,85 +463,113 @@ impl Sockets {
             }
             self.running.insert(id, r);
         }
-        report.added = plan.add.len();
-        report.rebound = plan.rebind.len() + plan.retry.len();
+        staged.report.added = plan.add.len();
+        staged.report.rebound = plan.rebind.len() + plan.retry.len();
 
-        let mut udp_updates: Vec<SocketInfo> = Vec::new();
-        let mut stream_infos: Vec<SocketInfo> = Vec::new();
-        for def in &plan.update {
-            let Some(r) = self.running.get_mut(&def.identity()) else {
+        for asked in &plan.update {
+            let Some(r) = self.running.get_mut(&asked.identity()) else {
                 continue;
             };
+            let mut unapplied = Unapplied::default();
             if let Some(fd) = &r.fd {
-                if (r.def.tos, r.def.flags.frag) != (def.tos, def.flags.frag) {
-                    if let Err(e) =
-                        sys::apply_live_options(fd.as_fd(), def.ip.is_ipv6(), def.flags, def.tos)
-                    {
+                for option in LiveOption::ALL {
+                    if !option.differs(&r.def, asked) {
+                        continue;
+                    }
+                    if let Err(e) = sys::set_live_option(fd.as_fd(), option, asked) {
                         warn!(
                             "{}: could not update socket options in place: {e}",
-                            def.text
+                            asked.text
                         );
+                        unapplied.mark(option);
+                        staged.report.kept.push(Failure {
+                            id: asked.id,
+                            socket: asked.text.clone(),
+                            reason: format!(
+                                "could not update in place: {e}; the value before stays in force"
+                            ),
+                        });
                     }
                 }
             }
-            if needs_tls(def) && r.fd.is_some() {
-                match load_tls(def, tls) {
+            if needs_tls(asked) && r.fd.is_some() {
+                match load_tls(asked, tls) {
                     Ok(m) => r.tls = Some(m),
                     // Keep serving with the material that loaded before; say so in the reply.
-                    Err(e) => tls_errors.push(Failure {
-                        id: def.id,
-                        socket: def.text.clone(),
+                    Err(e) => staged.tls_errors.push(Failure {
+                        id: asked.id,
+                        socket: asked.text.clone(),
                         reason: e,
                     }),
                 }
             }
-            r.def = def.clone();
+            r.def = in_force(&r.def, asked, unapplied);
             shm.write_slot(r.slot, &r.slot_data());
             if r.fd.is_some() {
-                if def.proto.is_datagram() {
-                    udp_updates.push(r.info());
+                if asked.proto.is_datagram() {
+                    changes.udp_updates.push(r.info());
                 } else {
-                    stream_infos.push(r.info());
+                    changes.stream.push(r.info());
                 }
             }
         }
-        report.updated = plan.update.len();
+        staged.report.updated = plan.update.len();
 
-        let mut udp_adds: Vec<(SocketInfo, BorrowedFd<'_>)> = Vec::new();
         for r in added.iter().filter_map(|id| self.running.get(id)) {
             match (&r.fd, r.def.proto.is_datagram()) {
-                (Some(fd), true) => udp_adds.push((r.info(), fd.as_fd())),
-                (Some(_), false) => stream_infos.push(r.info()),
+                (Some(_), true) => changes.udp_adds.push(r.info()),
+                (Some(_), false) => changes.stream.push(r.info()),
                 (None, _) => {}
             }
         }
-        report.workers.extend(pool.broadcast_apply(
-            generation,
-            &udp_adds,
-            &udp_updates,
-            &stream_infos,
-            shm,
-        ));
+        changes
+    }
 
-        self.order = table_defs.iter().map(SocketDef::identity).collect();
+    /// The fds of the new UDP sockets of `changes`, with their manifest entries.
+    pub fn udp_fds<'a>(&'a self, changes: &Changes) -> Vec<(SocketInfo, BorrowedFd<'a>)> {
+        let by_slot: HashMap<u32, BorrowedFd<'a>> = self
+            .running
+            .values()
+            .filter_map(|r| r.fd.as_ref().map(|fd| (r.slot, fd.as_fd())))
+            .collect();
+        changes
+            .udp_adds
+            .iter()
+            .filter_map(|info| by_slot.get(&info.slot).map(|fd| (info.clone(), *fd)))
+            .collect()
+    }
+
+    /// Step 4, once phase 2 is acknowledged (or at once when the table changes nothing): the
+    /// table order, the listeners, the generation in shm, and the report.
+    pub fn commit(&mut self, mut staged: Staged, shm: &Table) -> Report {
+        debug_assert!(
+            staged.gone.is_empty(),
+            "commit before the removals are released"
+        );
+        self.order = staged.table.iter().map(SocketDef::identity).collect();
+        let mut report = std::mem::take(&mut staged.report);
+        report.failures = self.failures();
+        report.failures.append(&mut staged.tls_errors);
+        report.generation = self.generation;
+        if staged.plan.is_empty() {
+            return report;
+        }
         self.listeners = self
             .running
             .iter()
             .filter(|(_, r)| !r.def.proto.is_datagram() && r.fd.is_some())
             .map(|(id, r)| (r.slot, *id))
             .collect();
-        report.failures = self.failures();
-        report.failures.extend(tls_errors);
-        shm.set_generation(generation);
-        report.generation = generation;
+        shm.set_generation(self.generation);
         info!(
-            "reload generation {generation}: {} added, {} removed, {} updated in place, {} rebound, {} unchanged, {} failed",
+            "reload generation {}: {} added, {} removed, {} updated in place, {} rebound, {} unchanged, {} failed",
+            self.generation,
             report.added,
             report.removed,
             report.updated,
             report.rebound,
-            plan.unchanged,
-            report.failures.len()
+            staged.plan.unchanged,
+            report.failures.len() + report.kept.len()
         );
         report
     }
@@ -525,13 +673,15 @@ fn load_tls(def: &SocketDef, tls: &TlsConfig) -> Result<TlsMaterial, String> {
         Some(t) if tls.tags.contains_key(t) => format!("[tls.tag.{t}]"),
         _ => "[tls]".to_string(),
     };
+    // Never blocks and never grows without bound: a FIFO or a device at the path is refused, so
+    // is a file over MAX_TLS_FILE.
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>, String> {
-        match path {
-            None => Ok(None),
-            Some(p) => std::fs::read_to_string(p)
-                .map(Some)
-                .map_err(|e| format!("TLS: cannot read {section} {what} {}: {e}", p.display())),
-        }
+        let Some(p) = path else { return Ok(None) };
+        let fail = |e: String| format!("TLS: cannot read {section} {what} {}: {e}", p.display());
+        let bytes = sys::read_small_file(p, MAX_TLS_FILE).map_err(|e| fail(e.to_string()))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| fail("not text (PEM expected)".into()))
     };
     let (Some(cert_pem), Some(key_pem)) = (
         read("certificate", &cert.certificate)?,
@@ -625,6 +775,37 @@ mod tests {
         assert_eq!(plan.rebind, vec![a2]);
         assert_eq!(plan.retry, vec![b]);
         assert!(plan.add.is_empty() && plan.remove.is_empty());
+    }
+
+    #[test]
+    fn options_that_could_not_be_set_in_place_keep_their_values_in_force() {
+        let mut old = def("udp:127.0.0.1:5070", 5070);
+        old.tos = 0x10;
+        let mut asked = old.clone();
+        asked.tos = 0x28;
+        asked.flags.frag = true;
+        asked.flags.anycast = true;
+        asked.tag = Some("new".into());
+        assert_eq!(in_force(&old, &asked, Unapplied::default()), asked);
+        let kept = in_force(
+            &old,
+            &asked,
+            Unapplied {
+                tos: true,
+                frag: false,
+                anycast: true,
+            },
+        );
+        assert_eq!(kept.tos, 0x10, "the TOS in force");
+        assert!(kept.flags.frag, "set");
+        assert!(!kept.flags.anycast, "the FREEBIND in force");
+        assert_eq!(kept.tag.as_deref(), Some("new"), "metadata always applies");
+        // Each live option differs only in what it sets.
+        assert!(LiveOption::Tos.differs(&old, &asked));
+        assert!(LiveOption::Frag.differs(&old, &asked));
+        assert!(LiveOption::Anycast.differs(&old, &asked));
+        assert!(!LiveOption::Tos.differs(&old, &kept));
+        assert!(!LiveOption::Anycast.differs(&old, &kept));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! This is the only module of the crate with `unsafe`; every block says who owns the fd it touches.
 //! It never decides anything: callers pass in what to do and get typed errors back.
 
-use crate::row::{Flags, SocketDef};
+use crate::row::SocketDef;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -72,44 +72,79 @@ fn setsockopt_int(
     }
 }
 
-/// Set the options that can change on a running socket: TOS / traffic class and path-MTU discovery
-/// (`frag`). Applied at bind and again, in place, when only these change.
-pub fn apply_live_options(
-    fd: BorrowedFd<'_>,
-    ipv6: bool,
-    flags: Flags,
-    tos: u8,
-) -> Result<(), BindError> {
-    let (level, tos_name, mtu_name, mtu_dont, mtu_want) = if ipv6 {
-        (
-            libc::IPPROTO_IPV6,
-            libc::IPV6_TCLASS,
-            libc::IPV6_MTU_DISCOVER,
-            libc::IPV6_PMTUDISC_DONT,
-            libc::IPV6_PMTUDISC_WANT,
-        )
-    } else {
-        (
-            libc::IPPROTO_IP,
-            libc::IP_TOS,
-            libc::IP_MTU_DISCOVER,
-            libc::IP_PMTUDISC_DONT,
-            libc::IP_PMTUDISC_WANT,
-        )
-    };
-    setsockopt_int(fd, level, tos_name, libc::c_int::from(tos)).map_err(|source| {
-        BindError::Option {
-            option: if ipv6 { "IPV6_TCLASS" } else { "IP_TOS" },
-            source,
+/// An option that can change on a running socket (applied at bind, and in place by a reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveOption {
+    /// IP_TOS / IPV6_TCLASS from the row's `tos`.
+    Tos,
+    /// IP_MTU_DISCOVER / IPV6_MTU_DISCOVER from the `frag` flag.
+    Frag,
+    /// IP_FREEBIND / IPV6_FREEBIND from the `anycast` flag.
+    Anycast,
+}
+
+impl LiveOption {
+    /// Every live option, in the order they are applied.
+    pub const ALL: [LiveOption; 3] = [LiveOption::Tos, LiveOption::Frag, LiveOption::Anycast];
+
+    /// The socket option's name, as an operator would look it up.
+    pub fn name(self, ipv6: bool) -> &'static str {
+        match (self, ipv6) {
+            (LiveOption::Tos, false) => "IP_TOS",
+            (LiveOption::Tos, true) => "IPV6_TCLASS",
+            (LiveOption::Frag, false) => "IP_MTU_DISCOVER",
+            (LiveOption::Frag, true) => "IPV6_MTU_DISCOVER",
+            (LiveOption::Anycast, false) => "IP_FREEBIND",
+            (LiveOption::Anycast, true) => "IPV6_FREEBIND",
         }
-    })?;
-    let mtu = if flags.frag { mtu_dont } else { mtu_want };
-    setsockopt_int(fd, level, mtu_name, mtu).map_err(|source| BindError::Option {
-        option: if ipv6 {
-            "IPV6_MTU_DISCOVER"
-        } else {
-            "IP_MTU_DISCOVER"
-        },
+    }
+
+    /// True when `a` and `b` differ in what this option sets.
+    pub fn differs(self, a: &SocketDef, b: &SocketDef) -> bool {
+        match self {
+            LiveOption::Tos => a.tos != b.tos,
+            LiveOption::Frag => a.flags.frag != b.flags.frag,
+            LiveOption::Anycast => a.flags.anycast != b.flags.anycast,
+        }
+    }
+}
+
+/// Set one live option on a socket to what `def` asks.
+pub fn set_live_option(
+    fd: BorrowedFd<'_>,
+    option: LiveOption,
+    def: &SocketDef,
+) -> Result<(), BindError> {
+    let ipv6 = def.ip.is_ipv6();
+    let level = if ipv6 {
+        libc::IPPROTO_IPV6
+    } else {
+        libc::IPPROTO_IP
+    };
+    let (name, value) = match (option, ipv6) {
+        (LiveOption::Tos, false) => (libc::IP_TOS, libc::c_int::from(def.tos)),
+        (LiveOption::Tos, true) => (libc::IPV6_TCLASS, libc::c_int::from(def.tos)),
+        (LiveOption::Frag, false) => (
+            libc::IP_MTU_DISCOVER,
+            if def.flags.frag {
+                libc::IP_PMTUDISC_DONT
+            } else {
+                libc::IP_PMTUDISC_WANT
+            },
+        ),
+        (LiveOption::Frag, true) => (
+            libc::IPV6_MTU_DISCOVER,
+            if def.flags.frag {
+                libc::IPV6_PMTUDISC_DONT
+            } else {
+                libc::IPV6_PMTUDISC_WANT
+            },
+        ),
+        (LiveOption::Anycast, false) => (libc::IP_FREEBIND, libc::c_int::from(def.flags.anycast)),
+        (LiveOption::Anycast, true) => (libc::IPV6_FREEBIND, libc::c_int::from(def.flags.anycast)),
+    };
+    setsockopt_int(fd, level, name, value).map_err(|source| BindError::Option {
+        option: option.name(ipv6),
         source,
     })
 }
@@ -154,14 +189,12 @@ pub fn bind(def: &SocketDef) -> Result<OwnedFd, BindError> {
     if def.flags.reuse_port {
         opt("SO_REUSEPORT", libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
     }
-    if def.flags.anycast {
-        if ipv6 {
-            opt("IPV6_FREEBIND", libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)?;
-        } else {
-            opt("IP_FREEBIND", libc::IPPROTO_IP, libc::IP_FREEBIND, 1)?;
+    for option in LiveOption::ALL {
+        // FREEBIND is off on a new socket: set only when asked.
+        if option != LiveOption::Anycast || def.flags.anycast {
+            set_live_option(fd.as_fd(), option, def)?;
         }
     }
-    apply_live_options(fd.as_fd(), ipv6, def.flags, def.tos)?;
     if def.proto == Proto::Udp {
         // One socket feeds every worker: a deeper queue absorbs bursts while they are busy. The
         // kernel caps the request at net.core.rmem_max; failing to enlarge it is not an error.
@@ -191,21 +224,21 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     ))
 }
 
-/// Raise the open-file soft limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> nix::Result<u64> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
-    }
-    Ok(hard.max(soft))
+/// The open-file limits (soft, hard) in force.
+pub fn nofile_limits() -> nix::Result<(u64, u64)> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
 }
 
-/// The current open-file soft limit.
-pub fn nofile_limit() -> u64 {
-    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024)
+/// Raise the open-file soft limit to `needed` when it is lower and the hard limit allows; returns
+/// the soft limit now in force (never lowered).
+pub fn raise_nofile_limit(needed: u64) -> nix::Result<u64> {
+    use nix::sys::resource::{setrlimit, Resource};
+    let (soft, hard) = nofile_limits()?;
+    if soft >= needed || hard < needed {
+        return Ok(soft);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed, hard)?;
+    Ok(needed)
 }
 
 /// Block the signals the supervisor handles and return a signalfd delivering them. Must be called
@@ -237,22 +270,154 @@ pub fn set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> nix::Result<()> {
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(flags)).map(|_| ())
 }
 
-/// Tell systemd we are ready, when started with `Type=notify` (`NOTIFY_SOCKET` set). Abstract socket
-/// names start with `@`.
-pub fn notify_ready() -> io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return Ok(());
+/// The systemd notification socket (`NOTIFY_SOCKET`), when the service manager gave one.
+#[derive(Debug)]
+pub struct Notifier {
+    addr: std::os::unix::net::SocketAddr,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl Notifier {
+    /// The socket `NOTIFY_SOCKET` names (`@name`: an abstract socket), or `None` without one.
+    pub fn from_env() -> io::Result<Option<Notifier>> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let path = path.to_string_lossy().into_owned();
+        let addr = match path.strip_prefix('@') {
+            Some(name) => UnixAddr::from_abstract_name(name.as_bytes())?,
+            None => UnixAddr::from_pathname(&path)?,
+        };
+        let sock = UnixDatagram::unbound()?;
+        sock.set_nonblocking(true)?;
+        Ok(Some(Notifier { addr, sock }))
+    }
+
+    /// Send one notification (`READY=1`, `STATUS=...`, newline-separated assignments). Never
+    /// waits: a service manager that does not read loses it.
+    pub fn send(&self, state: &str) -> io::Result<()> {
+        self.sock.send_to_addr(state.as_bytes(), &self.addr)?;
+        Ok(())
+    }
+}
+
+/// The watchdog interval systemd asks for (`WATCHDOG_USEC`, for this pid when `WATCHDOG_PID` is
+/// set), if any.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    if let Some(pid) = std::env::var_os("WATCHDOG_PID") {
+        if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+            return None;
+        }
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec))
+}
+
+/// CLOCK_MONOTONIC in microseconds (what `MONOTONIC_USEC=` carries).
+pub fn monotonic_usec() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let path = path.to_string_lossy().into_owned();
-    let addr = match path.strip_prefix('@') {
-        Some(name) => UnixAddr::from_abstract_name(name.as_bytes())?,
-        None => UnixAddr::from_pathname(&path)?,
+    // SAFETY: clock_gettime writes one timespec into `t`, which lives on our stack for the call.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return 0;
+    }
+    (t.tv_sec as u64) * 1_000_000 + (t.tv_nsec as u64) / 1_000
+}
+
+/// Read a small regular file without ever blocking: opened `O_NONBLOCK` (a FIFO at the path
+/// opens at once instead of waiting for a writer), refused unless it is a regular file (a FIFO,
+/// a device such as `/dev/zero`, a directory), refused when larger than `limit` bytes (read at
+/// most `limit + 1`). Symlinks are followed (certificate directories use them).
+pub fn read_small_file(path: &std::path::Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("not a regular file ({})", file_kind(&meta)),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} bytes, more than the limit of {limit}", meta.len()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("more than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What kind of file `meta` describes, for an error.
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The pid holding a `flock` on the file `meta` describes, as `/proc/locks` shows it.
+pub fn flock_holder(meta: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = meta.dev();
+    // /proc/locks writes the device as major:minor in hex and the inode in decimal.
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev),
+        meta.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:1a:5678 0 EOF" (blocked waiters start with "->").
+        if f.get(1) != Some(&"FLOCK") || f.get(5) != Some(&want.as_str()) {
+            return None;
+        }
+        f.get(4)?.parse().ok()
+    })
+}
+
+/// True when user `uid` is a member of group `gid` (its primary group, or listed in the group).
+pub fn user_in_group(uid: u32, gid: u32) -> bool {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return false;
     };
-    let sock = UnixDatagram::unbound()?;
-    sock.send_to_addr(b"READY=1\n", &addr)?;
-    Ok(())
+    if user.gid.as_raw() == gid {
+        return true;
+    }
+    matches!(Group::from_gid(Gid::from_raw(gid)), Ok(Some(g)) if g.mem.contains(&user.name))
 }
 
 /// Send a signal to a process; ESRCH (already gone) is not an error.
@@ -264,33 +429,6 @@ pub fn kill(pid: u32, signal: Signal) {
 /// The raw number of a fd, for a command line.
 pub fn raw_fd(fd: BorrowedFd<'_>) -> RawFd {
     fd.as_raw_fd()
-}
-
-/// Bound how long a blocking send on a control channel may wait for the worker to read.
-pub fn set_send_timeout(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> nix::Result<()> {
-    let tv = nix::sys::time::TimeVal::new(
-        timeout.as_secs() as nix::sys::time::time_t,
-        timeout.subsec_micros() as nix::sys::time::suseconds_t,
-    );
-    socket::setsockopt(&fd, socket::sockopt::SendTimeout, &tv)
-}
-
-/// Wait until one of `fds` is readable (or hung up) or `timeout` passes; one flag per fd.
-pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> Vec<bool> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
-        .collect();
-    let ms =
-        PollTimeout::try_from(timeout.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
-    match poll(&mut pfds, ms) {
-        Ok(_) => pfds
-            .iter()
-            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-            .collect(),
-        Err(_) => vec![false; fds.len()],
-    }
 }
 
 /// Accept one connection on a non-blocking listener: `Ok(None)` when none is pending. The new

@@ -15,6 +15,17 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+/// A message to a worker as it arrived.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The message.
+    pub msg: ToWorker,
+    /// The fds that came with it, in order.
+    pub fds: Vec<OwnedFd>,
+    /// Some fds it carried could not be installed (the open-file limit): the kernel closed them.
+    pub fds_lost: bool,
+}
+
 /// One end of a control channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -110,20 +121,29 @@ impl Channel {
     }
 
     fn recv_inner(&self, buf: &mut Vec<u8>, dont_wait: bool) -> io::Result<Option<Vec<OwnedFd>>> {
+        Ok(self.recv_parts(buf, dont_wait)?.map(|(fds, _)| fds))
+    }
+
+    /// One message: its fds, and whether some of them were lost to the open-file limit.
+    fn recv_parts(
+        &self,
+        buf: &mut Vec<u8>,
+        dont_wait: bool,
+    ) -> io::Result<Option<(Vec<OwnedFd>, bool)>> {
         buf.resize(MAX_MESSAGE_SIZE, 0);
         let mut fds = Vec::new();
         let received =
             sys::recv_with_fds(self.fd.as_fd(), buf, sys::SCM_MAX_FD, &mut fds, dont_wait);
-        let n = match received {
-            Ok(n) => n,
+        let got = match received {
+            Ok(got) => got,
             Err(e) => {
                 buf.clear();
                 return Err(e);
             }
         };
-        buf.truncate(n);
-        if n == 0 {
-            if fds.is_empty() {
+        buf.truncate(got.len);
+        if got.len == 0 {
+            if fds.is_empty() && !got.fds_lost {
                 return Ok(None);
             }
             return Err(io::Error::new(
@@ -131,7 +151,7 @@ impl Channel {
                 "empty control message with fds",
             ));
         }
-        Ok(Some(fds))
+        Ok(Some((fds, got.fds_lost)))
     }
 
     /// Switch non-blocking mode on or off.
@@ -164,16 +184,18 @@ impl Channel {
     /// Worker side: the next message and the fds that came with it (not checked against the
     /// message: the worker answers a wrong count on an `Add` with `Refused`, see
     /// [`fds_carried`]). `None` when the supervisor closed its end.
-    pub fn recv_to_worker(
-        &self,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<(ToWorker, Vec<OwnedFd>)>, ChannelError> {
-        let Some(fds) = self.recv(buf)? else {
+    ///
+    /// A message whose fds could not all be installed because this process is at its open-file
+    /// limit still arrives, whole, with [`Inbound::fds_lost`] set and the fds that did fit: the
+    /// kernel closed the others (for a `Conn`, that closes the connection). Hitting the limit is
+    /// the worker's to refuse, never a broken channel.
+    pub fn recv_to_worker(&self, buf: &mut Vec<u8>) -> Result<Option<Inbound>, ChannelError> {
+        let Some((fds, fds_lost)) = self.recv_parts(buf, false)? else {
             return Ok(None);
         };
         // On a decode error the fds are dropped (closed) here.
         let msg = ToWorker::decode(buf)?;
-        Ok(Some((msg, fds)))
+        Ok(Some(Inbound { msg, fds, fds_lost }))
     }
 
     /// Worker side: send a message to the supervisor.
@@ -266,8 +288,13 @@ mod tests {
         let fds: Vec<_> = socks.iter().map(|s| s.as_fd()).collect();
         sup.send_to_worker(&msg, &fds).unwrap();
         let mut buf = Vec::new();
-        let (got, fds) = wrk.recv_to_worker(&mut buf).unwrap().unwrap();
+        let Inbound {
+            msg: got,
+            fds,
+            fds_lost,
+        } = wrk.recv_to_worker(&mut buf).unwrap().unwrap();
         assert_eq!(got, msg);
+        assert!(!fds_lost);
         assert_eq!(fds.len(), 3);
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client
@@ -321,8 +348,8 @@ mod tests {
         // ...and a raw one that does is seen by the receiver.
         sup.send(&two.encode(), &[s.as_fd()]).unwrap();
         let mut buf = Vec::new();
-        let (msg, fds) = wrk.recv_to_worker(&mut buf).unwrap().unwrap();
-        assert_ne!(fds_carried(&msg), fds.len());
+        let got = wrk.recv_to_worker(&mut buf).unwrap().unwrap();
+        assert_ne!(fds_carried(&got.msg), got.fds.len());
         // A worker never sends fds.
         wrk.send(
             &FromWorker::Hello { rank: 0, pid: 1 }.encode(),

@@ -5,7 +5,7 @@
 //! [`crate::udp`] and [`crate::stream`] call this module; it calls neither, and serves nothing.
 //! What a message means for a worker stays with the worker.
 
-use crate::channel::{fds_carried, message_name, Channel, ChannelError};
+use crate::channel::{fds_carried, message_name, Channel, ChannelError, Inbound};
 use crate::handler::Responder;
 use crate::ipc::{FromWorker, StreamSettings, ToWorker};
 use shm::{Attached, WorkerKind};
@@ -84,19 +84,26 @@ pub(crate) fn enter(
     }
     let (responder, stream, shm_fd) = match control.recv_to_worker(buf) {
         Ok(None) => return Ok(Entry::Exit(0)),
-        Ok(Some((
-            ToWorker::Setup {
-                reply_code,
-                reply_reason,
-                stream,
-            },
+        Ok(Some(Inbound {
+            msg:
+                ToWorker::Setup {
+                    reply_code,
+                    reply_reason,
+                    stream,
+                },
             mut fds,
-        ))) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), stream, fds.pop()),
-        Ok(Some((msg, fds))) => {
+            ..
+        })) if fds.len() == 1 => (Responder::new(reply_code, &reply_reason), stream, fds.pop()),
+        Ok(Some(Inbound { msg, fds, fds_lost })) => {
             log::error!(
-                "{kind} worker {rank}: expected setup with one fd, got {} with {}",
+                "{kind} worker {rank}: expected setup with one fd, got {} with {}{}",
                 message_name(&msg),
-                fds.len()
+                fds.len(),
+                if fds_lost {
+                    " (the others lost to the open-file limit)"
+                } else {
+                    ""
+                }
             );
             return Ok(Entry::Exit(EXIT_BAD_CONTROL));
         }
@@ -124,7 +131,9 @@ pub(crate) fn enter(
 /// The next control message.
 pub(crate) enum Received {
     /// A message for this kind of worker, with its fds (an `Add`'s count is the worker's to
-    /// check, entry by entry; any other message carries what [`fds_carried`] says).
+    /// check, entry by entry; any other message carries what [`fds_carried`] says, except a
+    /// `Conn` whose connection was lost to the open-file limit: it comes with none, and the
+    /// worker counts it refused).
     Message(ToWorker, Vec<OwnedFd>),
     /// None waiting (the channel is non-blocking).
     Empty,
@@ -140,9 +149,9 @@ pub(crate) fn receive(
     kind: WorkerKind,
     rank: u32,
 ) -> Result<Received, ServeError> {
-    let (msg, fds) = loop {
+    let (msg, fds, fds_lost) = loop {
         match control.recv_to_worker(buf) {
-            Ok(Some(m)) => break m,
+            Ok(Some(Inbound { msg, fds, fds_lost })) => break (msg, fds, fds_lost),
             Ok(None) => {
                 log::debug!("{kind} worker {rank}: supervisor closed the control socket");
                 return Ok(Received::Exit(0));
@@ -182,8 +191,21 @@ pub(crate) fn receive(
         }
         _ => {}
     }
-    // An Add with the wrong count is answered entry by entry by the udp worker.
-    if !matches!(msg, ToWorker::Add { .. }) && fds.len() != fds_carried(&msg) {
+    if fds_lost {
+        // The process is at its open-file limit: the kernel closed the fds it could not install.
+        // Not a broken channel: the message is whole, and what its fds were is refused.
+        log::warn!(
+            "{kind} worker {rank}: open-file limit reached: {} of the {} fds of a {} message \
+             could not be received (closed)",
+            fds_carried(&msg).saturating_sub(fds.len()),
+            fds_carried(&msg),
+            message_name(&msg)
+        );
+    }
+    // An Add with the wrong count is answered entry by entry by the udp worker; a Conn whose
+    // connection was lost to the limit is refused by the stream worker.
+    let lost_conn = fds_lost && fds.is_empty() && matches!(msg, ToWorker::Conn { .. });
+    if !matches!(msg, ToWorker::Add { .. }) && !lost_conn && fds.len() != fds_carried(&msg) {
         return refuse(format!(
             "a {} message carried {} fds",
             message_name(&msg),

@@ -11,10 +11,10 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{
-    self, sendmsg, sockopt, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
-    SockType, SockaddrLike, SockaddrStorage,
+    self, sendmsg, sockopt, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+    SockaddrLike, SockaddrStorage,
 };
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -69,57 +69,92 @@ pub fn send_with_fds(
     }
 }
 
+/// What [`recv_with_fds`] got besides the fds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recv {
+    /// The payload length; 0 means the peer closed (the senders of this crate never send an
+    /// empty message).
+    pub len: usize,
+    /// The message carried more fds than the kernel could install here (this process is at its
+    /// open-file limit): the ones that did not fit were closed by the kernel, the ones that did
+    /// are appended as usual. The payload is whole.
+    pub fds_lost: bool,
+}
+
 /// Receive one message into `buf`, appending the fds it carries (close-on-exec) to `fds`; with
 /// `dont_wait`, `WouldBlock` instead of waiting when none is there (whatever the fd's mode).
 ///
-/// Returns the payload length; 0 means the peer closed (the senders of this crate never send an
-/// empty message). A message whose payload did not fit in `buf` or that carried more than
-/// `max_fds` fds is an error, and every fd it brought is closed.
+/// A message whose payload did not fit in `buf` or that carried more than `max_fds` fds is an
+/// error, and every fd it brought is closed. A message whose fds could not all be installed
+/// because of the open-file limit is NOT an error: its payload is returned with
+/// [`Recv::fds_lost`], so the caller can refuse what those fds were and go on.
 pub fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
     max_fds: usize,
     fds: &mut Vec<OwnedFd>,
     dont_wait: bool,
-) -> io::Result<usize> {
-    let flags = if dont_wait {
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
-    } else {
-        MsgFlags::MSG_CMSG_CLOEXEC
-    };
+) -> io::Result<Recv> {
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if dont_wait {
+        flags |= libc::MSG_DONTWAIT;
+    }
     // Room for the most fds the kernel passes in one message (it merges every SCM_RIGHTS of a
-    // message into one, of at most SCM_MAX_FD), so the control data is never cut short and every
-    // fd that arrives is seen, and closed, even when the message is refused below.
-    let mut control = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let (n, msg_flags, mut received) = loop {
-        match socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut control), flags) {
-            Ok(msg) => {
-                // Take ownership of every fd the kernel installed before looking at anything
-                // else, so that every error path below closes them.
-                let mut received = Vec::new();
-                let cmsgs = msg.cmsgs().map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "control data truncated (the kernel closed the fds that did not fit)",
-                    )
-                })?;
-                for cmsg in cmsgs {
-                    if let ControlMessageOwned::ScmRights(raws) = cmsg {
-                        for raw in raws {
-                            // SAFETY: the kernel just installed `raw` in this process for this
-                            // message; nothing else refers to it, so the OwnedFd is its only
-                            // owner.
-                            received.push(unsafe { OwnedFd::from_raw_fd(raw) });
-                        }
-                    }
-                }
-                break (msg.bytes, msg.flags, received);
-            }
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+    // message into one, of at most SCM_MAX_FD), so the control data is cut short only when the
+    // fds cannot be installed (EMFILE). Raw recvmsg rather than nix's: nix refuses to walk the
+    // control data of a message flagged MSG_CTRUNC, and the fds that were installed before the
+    // limit was hit are in it and must be owned (and closed).
+    let payload = SCM_MAX_FD * mem::size_of::<libc::c_int>();
+    // SAFETY: CMSG_SPACE only computes a length from its argument.
+    let space = unsafe { libc::CMSG_SPACE(payload as libc::c_uint) } as usize;
+    // u64 words: the buffer must be aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(mem::size_of::<u64>())];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`, which we borrow mutably for the call) and at
+        // `control` (owned here, `space` bytes); both outlive the call. The kernel writes at most
+        // the lengths given.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     };
+    // Take ownership of every fd the kernel installed before looking at anything else, so that
+    // every error path below closes them.
+    let mut received = Vec::new();
+    // SAFETY: the kernel set `msg_controllen` to the bytes of control data it wrote into
+    // `control`, which is alive and aligned; CMSG_FIRSTHDR / CMSG_NXTHDR stay within that length
+    // and return null past it. Each SCM_RIGHTS entry holds `cmsg_len - CMSG_LEN(0)` bytes of fd
+    // numbers that the kernel just installed in this process for this message: nothing else
+    // refers to them, so each OwnedFd is its only owner.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let header = data as usize - cmsg as usize;
+                let bytes = ((*cmsg).cmsg_len as usize).saturating_sub(header);
+                for i in 0..bytes / mem::size_of::<libc::c_int>() {
+                    let raw = ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    received.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
     if received.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -129,17 +164,17 @@ pub fn recv_with_fds(
             ),
         ));
     }
-    if msg_flags.contains(MsgFlags::MSG_TRUNC) {
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!(
-                "message larger than {} bytes (truncated)",
-                iov.first().map_or(0, |b| b.len())
-            ),
+            format!("message larger than {} bytes (truncated)", buf.len()),
         ));
     }
     fds.append(&mut received);
-    Ok(n)
+    Ok(Recv {
+        len: n,
+        fds_lost: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
 }
 
 /// Wait until `fd` is readable (or its peer closed): false when `timeout` passed first.
@@ -576,7 +611,10 @@ mod tests {
         let mut buf = [0u8; 16];
         assert_eq!(
             recv_with_fds(b.as_fd(), &mut buf, 4, &mut fds, false).unwrap(),
-            2
+            Recv {
+                len: 2,
+                fds_lost: false
+            }
         );
         assert_eq!(fds.len(), 1);
         let flags = fcntl(fds[0].as_raw_fd(), FcntlArg::F_GETFD).unwrap();
@@ -584,7 +622,9 @@ mod tests {
         assert_ne!(fds[0].as_raw_fd(), w.as_raw_fd());
         drop(a);
         assert_eq!(
-            recv_with_fds(b.as_fd(), &mut buf, 4, &mut fds, false).unwrap(),
+            recv_with_fds(b.as_fd(), &mut buf, 4, &mut fds, false)
+                .unwrap()
+                .len,
             0
         );
     }

@@ -11,8 +11,9 @@
 //! table or column is reported as such; in the steady state a load is one round trip.
 //! Errors say which step failed; no error or log line ever shows the password of `db_url`.
 //!
-//! `[sockets_mgm] db_timeout` bounds every connect and every round trip on the client side (the
-//! supervisor is single-threaded: a query that never returns would stop everything else), and is
+//! `[sockets_mgm] db_timeout` bounds every connect and every round trip on the client side (a
+//! reload's query runs on the database's own thread, [`thread`], so the event loop never waits on
+//! it, but a stuck query would still hold up the next reload), and is
 //! set as the server's own statement / lock time limits where the database has them. A timeout is
 //! [`DbError::Timeout`], which names the setting. A connection that served an earlier load and
 //! is found broken (the server restarted since) is reopened once, at once, so the first reload
@@ -24,6 +25,7 @@
 mod mysql_backend;
 mod pg_backend;
 mod sqlite_backend;
+pub mod thread;
 pub mod url;
 
 use crate::config::SocketsMgm;
@@ -195,7 +197,7 @@ impl Failure {
 
 /// What each driver provides; the SQL text is built by [`Database`] for the driver's dialect.
 /// Every call is bounded by the `db_timeout` the driver was opened with.
-trait Backend {
+trait Backend: Send {
     /// True when the connection no longer reads what `db_url` names (a SQLite file replaced by
     /// a rename): reopen before using it. Cheap: no round trip.
     fn stale(&self) -> bool {

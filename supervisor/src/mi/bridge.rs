@@ -77,9 +77,14 @@ pub struct MiInbox {
 
 /// A bridge whose waker fires `token` in the loop's `registry`.
 pub fn bridge(registry: &Registry, token: Token) -> std::io::Result<(MiBridge, MiInbox)> {
-    let waker = Arc::new(Waker::new(registry, token)?);
+    Ok(bridge_waking(Arc::new(Waker::new(registry, token)?)))
+}
+
+/// A bridge that wakes the loop with a `waker` it shares with other sources (mio allows one
+/// `Waker` per `Poll`: the loop then drains every source when the shared token fires).
+pub fn bridge_waking(waker: Arc<Waker>) -> (MiBridge, MiInbox) {
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    Ok((MiBridge { tx, waker }, MiInbox { rx }))
+    (MiBridge { tx, waker }, MiInbox { rx })
 }
 
 impl MiBridge {

@@ -8,7 +8,7 @@
 //! anything not listed) sees exactly the methods that can run. No I/O here.
 
 use super::proto::{Params, Request, RpcError};
-use crate::pool::{Phase, Pool};
+use crate::pool::{Phase, Pool, WorkerOutcome};
 use crate::reload::{Failure, Sockets};
 use crate::row::RowError;
 use crate::stats::Statistics;
@@ -207,18 +207,25 @@ pub enum Reloaded<'a> {
     Database(&'a dyn std::fmt::Display),
     /// The table was refused, one error per row at fault: nothing changed (400).
     Refused(&'a [RowError]),
-    /// Applied, but for the rows left out (`invalid_rows = "skip"`) and those whose bind failed.
+    /// Applied, but for the rows left out (`invalid_rows = "skip"`), those whose bind failed,
+    /// those that kept values an in-place update could not set, and what workers did not take.
     Applied {
         /// Bad rows left out.
         skipped: &'a [RowError],
         /// Rows that could not be bound.
         failures: &'a [Failure],
+        /// Rows updated in place that kept some values (a socket option could not be set).
+        kept: &'a [Failure],
+        /// Workers restarted during the reload, and entries workers refused.
+        workers: &'a [WorkerOutcome],
     },
 }
 
-/// The reply of `sockets_reload`: `"OK"`, or the error with one entry per row at fault.
+/// The reply of `sockets_reload`: `"OK"` only when everything asked runs; else the error with one
+/// `data` entry per row at fault and per worker that did not take the reload as asked (restarted:
+/// its rank and why; refused: its rank, the slot and the worker's reason).
 pub fn reload_reply(reloaded: Reloaded<'_>) -> Result<Value, RpcError> {
-    let (skipped, failures) = match reloaded {
+    let (skipped, failures, kept, workers) = match reloaded {
         Reloaded::Database(e) => {
             return Err(RpcError::new(500, format!("Could not reload sockets: {e}")));
         }
@@ -229,10 +236,14 @@ pub fn reload_reply(reloaded: Reloaded<'_>) -> Result<Value, RpcError> {
                 data: Some(json!(errors)),
             });
         }
-        Reloaded::Applied { skipped, failures } => (skipped, failures),
+        Reloaded::Applied {
+            skipped,
+            failures,
+            kept,
+            workers,
+        } => (skipped, failures, kept, workers),
     };
-    let mut data: Vec<Value> = skipped.iter().map(|e| json!(e)).collect();
-    data.extend(failures.iter().map(|f| {
+    let row = |f: &Failure| {
         let mut o = serde_json::Map::new();
         if let Some(id) = f.id {
             o.insert("id".into(), json!(id));
@@ -240,14 +251,60 @@ pub fn reload_reply(reloaded: Reloaded<'_>) -> Result<Value, RpcError> {
         o.insert("socket".into(), json!(f.socket));
         o.insert("reason".into(), json!(f.reason));
         Value::Object(o)
+    };
+    let mut data: Vec<Value> = skipped.iter().map(|e| json!(e)).collect();
+    data.extend(failures.iter().map(row));
+    data.extend(kept.iter().map(row));
+    data.extend(workers.iter().map(|w| {
+        let mut o = serde_json::Map::new();
+        o.insert(
+            "worker".into(),
+            json!(format!("{} worker {}", w.kind, w.rank)),
+        );
+        o.insert("kind".into(), json!(w.kind.as_str()));
+        o.insert("rank".into(), json!(w.rank));
+        if let Some(pid) = w.pid {
+            o.insert("pid".into(), json!(pid));
+        }
+        if let Some(slot) = w.slot {
+            o.insert("slot".into(), json!(slot));
+        }
+        o.insert("reason".into(), json!(w.what));
+        Value::Object(o)
     }));
-    let (code, message) = match (failures.len(), skipped.len()) {
-        (0, 0) => return Ok(json!("OK")),
-        (0, skipped) => (400, format!("{skipped} bad rows skipped, the rest applied")),
-        (failed, 0) => (500, format!("{failed} sockets could not be bound")),
-        (failed, skipped) => (
+    let restarted = workers.iter().filter(|w| w.restarted()).count();
+    let refused = workers.len() - restarted;
+    let mut parts = Vec::new();
+    if !failures.is_empty() {
+        parts.push(format!("{} sockets could not be bound", failures.len()));
+    }
+    if !kept.is_empty() {
+        parts.push(format!(
+            "{} socket options could not be updated in place",
+            kept.len()
+        ));
+    }
+    if restarted > 0 {
+        let names: Vec<String> = workers
+            .iter()
+            .filter(|w| w.restarted())
+            .map(|w| format!("{} worker {}", w.kind, w.rank))
+            .collect();
+        parts.push(format!(
+            "{restarted} workers restarted ({})",
+            names.join(", ")
+        ));
+    }
+    if refused > 0 {
+        parts.push(format!("{refused} sockets refused by workers"));
+    }
+    let (code, message) = match (parts.is_empty(), skipped.len()) {
+        (true, 0) => return Ok(json!("OK")),
+        (true, skipped) => (400, format!("{skipped} bad rows skipped, the rest applied")),
+        (false, 0) => (500, parts.join(", ")),
+        (false, skipped) => (
             500,
-            format!("{failed} sockets could not be bound, {skipped} bad rows skipped"),
+            format!("{}, {skipped} bad rows skipped", parts.join(", ")),
         ),
     };
     Err(RpcError {
@@ -287,6 +344,7 @@ pub fn sockets_status(
             Value::Object(o)
         })
         .collect();
+    let now = std::time::Instant::now();
     let workers: Vec<Value> = pool
         .workers()
         .iter()
@@ -298,6 +356,7 @@ pub fn sockets_status(
                 "pid": w.pid().unwrap_or(0),
                 "state": match w.phase() {
                     Phase::Starting => "starting",
+                    Phase::Ready if w.stalled(now) => "stalled",
                     Phase::Ready => "ready",
                     Phase::Dead { .. } => "dead",
                 },
@@ -306,6 +365,7 @@ pub fn sockets_status(
                 "replied": rec.map_or(0, |r| r.replied()),
                 "dropped": rec.map_or(0, |r| r.dropped()),
                 "connections": rec.map_or(0, |r| r.connections()),
+                "refused": rec.map_or(0, |r| r.refused()),
             })
         })
         .collect();
@@ -499,6 +559,60 @@ mod tests {
         assert_eq!(
             uptime(started, started - Duration::from_secs(5))["Up time"],
             json!("0 [sec]")
+        );
+    }
+
+    #[test]
+    fn a_reload_reply_is_ok_only_when_everything_asked_runs() {
+        let none = Reloaded::Applied {
+            skipped: &[],
+            failures: &[],
+            kept: &[],
+            workers: &[],
+        };
+        assert_eq!(reload_reply(none), Ok(json!("OK")));
+        let restarted = WorkerOutcome {
+            kind: shm::WorkerKind::Udp,
+            rank: 1,
+            pid: Some(42),
+            slot: None,
+            what: "no acknowledgement within 5 s; restarted".into(),
+        };
+        let refused = WorkerOutcome {
+            kind: shm::WorkerKind::Stream,
+            rank: 0,
+            pid: Some(43),
+            slot: Some(7),
+            what: "a tls socket without TLS material".into(),
+        };
+        let kept = Failure {
+            id: Some(3),
+            socket: "udp:127.0.0.1:5060".into(),
+            reason: "could not update in place: cannot set IP_TOS: EPERM".into(),
+        };
+        let e = reload_reply(Reloaded::Applied {
+            skipped: &[],
+            failures: &[],
+            kept: std::slice::from_ref(&kept),
+            workers: &[restarted, refused],
+        })
+        .unwrap_err();
+        assert_eq!(e.code, 500);
+        assert_eq!(
+            e.message,
+            "1 socket options could not be updated in place, 1 workers restarted (udp worker 1), \
+             1 sockets refused by workers"
+        );
+        assert_eq!(
+            e.data.unwrap(),
+            json!([
+                {"id": 3, "socket": "udp:127.0.0.1:5060",
+                 "reason": "could not update in place: cannot set IP_TOS: EPERM"},
+                {"worker": "udp worker 1", "kind": "udp", "rank": 1, "pid": 42,
+                 "reason": "no acknowledgement within 5 s; restarted"},
+                {"worker": "stream worker 0", "kind": "stream", "rank": 0, "pid": 43, "slot": 7,
+                 "reason": "a tls socket without TLS material"},
+            ])
         );
     }
 

@@ -4,7 +4,20 @@
 //! pipe it has opened. It must never block the daemon: the FIFO is read without blocking, a reply
 //! FIFO is opened without blocking (a client that has not opened its end yet is retried every
 //! [`RETRY`] for [`OPEN_WAIT`]) and written in pieces as the client drains it. Nothing is ever
-//! written to a path that is not a FIFO in `reply_dir` (no symlink, no other directory).
+//! written to a path that is not a FIFO in `reply_dir` (no symlink, no other directory), nor to a
+//! reply FIFO whose owner is not root, the daemon's user, or a member of the MI FIFO's group.
+//!
+//! The FIFO is ours alone:
+//! - `fifo_mode` with write permission for others is refused at start (anyone could reload);
+//! - the daemon holds an exclusive `flock` on the FIFO for its life (on an fd of its own, as the
+//!   read end is reopened), so a second daemon with the same `fifo_name` refuses to start and
+//!   names the pid holding it; a FIFO left by a dead daemon (unlocked) is replaced;
+//! - it is created under a temporary name, locked, then linked into place (or renamed over a
+//!   stale one while holding the stale one's lock), so no other daemon can take it in between;
+//! - [`MiServer::check`] (each turn of the loop, at most every [`CHECK_EVERY`], and on SIGHUP)
+//!   notices a FIFO deleted or replaced by another inode and creates ours again (logged), unless
+//!   the new one is another live daemon's or not a FIFO (logged, left alone);
+//! - on stop only the FIFO we created (same inode) is removed.
 //!
 //! There is no dummy writer keeping the FIFO open: when the last writer closes, a read returns
 //! end-of-file, which ends a request a writer left unfinished; the read end is then reopened,
@@ -18,6 +31,7 @@ use super::proto::{check_reply_name, encode_reply, Frame, Request, RequestParser
 use crate::config::MiFifo;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::Mode;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +40,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// How often [`MiServer::check`] looks at the FIFO's path (the issue's bound is 1 s).
+pub const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How often a pending reply is retried (opening the client's FIFO, or writing more of it).
 pub const RETRY: Duration = Duration::from_millis(1);
@@ -48,6 +65,24 @@ pub enum MiError {
     /// `fifo_mode` is not an octal mode.
     #[error("invalid [mi_fifo] fifo_mode {0:?}: expected an octal mode such as \"0660\"")]
     Mode(String),
+    /// `fifo_mode` lets any local user write requests (reload the sockets, ...).
+    #[error(
+        "[mi_fifo] fifo_mode = {0:?} gives write permission to others: any local user could run \
+         MI commands (sockets_reload); use a mode without it, such as \"0660\" or \"0600\""
+    )]
+    WorldWritable(String),
+    /// Another live daemon holds the FIFO.
+    #[error(
+        "MI FIFO {} is in use by another sipsockd ({}); stop it or set another [mi_fifo] fifo_name",
+        path.display(),
+        match pid { Some(p) => format!("pid {p}"), None => "pid unknown".to_string() }
+    )]
+    Busy {
+        /// The FIFO.
+        path: PathBuf,
+        /// The pid holding its lock, when /proc/locks tells.
+        pid: Option<u32>,
+    },
     /// Something other than a FIFO is at `fifo_name`; it is left alone.
     #[error("{}: exists and is not a FIFO (remove it or set another [mi_fifo] fifo_name)", .0.display())]
     NotAFifo(PathBuf),
@@ -79,12 +114,57 @@ fn parse_mode(text: &str) -> Result<u32, MiError> {
     }
 }
 
+/// Refuses a mode that lets others write (checked on the parsed mode).
+fn check_mode(text: &str) -> Result<u32, MiError> {
+    let mode = parse_mode(text)?;
+    if mode & 0o002 != 0 {
+        return Err(MiError::WorldWritable(text.to_owned()));
+    }
+    Ok(mode)
+}
+
+/// The device and inode of a file: what tells our FIFO from another at the same path.
+fn ident(meta: &fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+/// Opens another read end of the FIFO open as `fd` (through `/proc/self/fd`, which reopens that
+/// very inode), without blocking.
+fn reopen_read_end(fd: std::os::fd::RawFd, path: &Path) -> Result<File, MiError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+        .map_err(io_err("reopen", path))?;
+    match file.metadata() {
+        Ok(m) if m.file_type().is_fifo() => Ok(file),
+        Ok(_) => Err(MiError::NotAFifo(path.to_owned())),
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
+/// A FIFO of ours at the path: its read end, and the fd that holds its lock.
+#[derive(Debug)]
+struct Owned {
+    read: File,
+    lock: Flock<File>,
+    ident: (u64, u64),
+}
+
 /// The server FIFO and the replies on their way.
 #[derive(Debug)]
 pub struct MiServer {
     path: PathBuf,
     reply_dir: PathBuf,
+    mode: u32,
     fifo: File,
+    /// Held for the daemon's life: the lock a second daemon finds.
+    lock: Flock<File>,
+    /// (dev, ino) of our FIFO.
+    ident: (u64, u64),
+    next_check: Instant,
+    /// The last problem [`MiServer::check`] logged (logged again only when it changes).
+    problem: Option<String>,
     token: Option<Token>,
     parser: RequestParser,
     replies: VecDeque<PendingReply>,
@@ -102,37 +182,92 @@ enum ReadEnd {
 }
 
 impl MiServer {
-    /// Creates the FIFO at `fifo_name` with `fifo_mode` and opens its read end.
+    /// Creates the FIFO at `fifo_name` with `fifo_mode`, locks it and opens its read end.
     ///
-    /// A FIFO already there (left by a dead instance) is replaced; anything else there is an
-    /// error naming it, and is not touched.
+    /// A mode with write permission for others is refused. A FIFO already there is replaced when
+    /// it is stale (left by a dead instance: nobody holds its lock), refused naming the pid when a
+    /// live daemon holds it; anything else there is an error naming it, and is not touched.
     pub fn create(cfg: &MiFifo) -> Result<MiServer, MiError> {
-        let mode = parse_mode(&cfg.fifo_mode)?;
+        let mode = check_mode(&cfg.fifo_mode)?;
         let path = cfg.fifo_name.clone();
-        match fs::symlink_metadata(&path) {
-            Ok(m) if m.file_type().is_fifo() => {
-                fs::remove_file(&path).map_err(io_err("remove the stale", &path))?
-            }
-            Ok(_) => return Err(MiError::NotAFifo(path)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("inspect", &path)(e)),
-        }
-        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(mode))
-            .map_err(|e| io_err("create", &path)(e.into()))?;
-        // mkfifo applies the umask; the configured mode is what the operator asked for.
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .map_err(io_err("set the mode of", &path))?;
-        let fifo = open_read_end(&path)?;
+        let owned = make_fifo(&path, mode)?;
         log::info!("MI FIFO {} ready (mode {mode:04o})", path.display());
         Ok(MiServer {
             path,
             reply_dir: cfg.reply_dir.clone(),
-            fifo,
+            mode,
+            fifo: owned.read,
+            lock: owned.lock,
+            ident: owned.ident,
+            next_check: Instant::now() + CHECK_EVERY,
+            problem: None,
             token: None,
             parser: RequestParser::new(),
             replies: VecDeque::new(),
             chunk: vec![0; READ_CHUNK],
         })
+    }
+
+    /// True when [`MiServer::check`] is due.
+    pub fn check_due(&self, now: Instant) -> bool {
+        now >= self.next_check
+    }
+
+    /// Looks at the FIFO's path: when our FIFO is gone (a /tmp cleaner) or another inode is there,
+    /// creates ours again and logs it; a FIFO another live daemon holds, or a file that is not a
+    /// FIFO, is left alone (logged once). Returns true when the FIFO was created again.
+    pub fn check(&mut self, registry: &Registry) -> bool {
+        self.next_check = Instant::now() + CHECK_EVERY;
+        let why = match fs::symlink_metadata(&self.path) {
+            Ok(m) if ident(&m) == self.ident => {
+                if self.problem.take().is_some() {
+                    log::info!("MI FIFO {} is ours again", self.path.display());
+                }
+                return false;
+            }
+            Ok(m) => format!("replaced by {}", crate::sys::file_kind(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "removed".to_string(),
+            Err(e) => {
+                self.note(format!("cannot be looked at: {e}"));
+                return false;
+            }
+        };
+        let owned = match make_fifo(&self.path, self.mode) {
+            Ok(o) => o,
+            Err(e) => {
+                self.note(format!("was {why} and cannot be created again: {e}"));
+                return false;
+            }
+        };
+        if let Some(token) = self.token {
+            if let Err(e) = registry.deregister(&mut SourceFd(&self.fifo.as_raw_fd())) {
+                log::warn!("MI FIFO {}: deregister failed: {e}", self.path.display());
+            }
+            self.fifo = owned.read;
+            if let Err(e) = self.watch_fifo(registry, token) {
+                log::error!("MI FIFO {}: cannot watch it: {e}", self.path.display());
+            }
+        } else {
+            self.fifo = owned.read;
+        }
+        self.lock = owned.lock;
+        self.ident = owned.ident;
+        // What was half written into the old FIFO is gone with it.
+        self.parser = RequestParser::new();
+        self.problem = None;
+        log::warn!(
+            "MI FIFO {} was {why}: created it again (mode {:04o})",
+            self.path.display(),
+            self.mode
+        );
+        true
+    }
+
+    fn note(&mut self, problem: String) {
+        if self.problem.as_deref() != Some(problem.as_str()) {
+            log::error!("MI FIFO {} {problem}", self.path.display());
+            self.problem = Some(problem);
+        }
     }
 
     /// The FIFO's path.
@@ -223,7 +358,8 @@ impl MiServer {
     /// Replaces the read end with a fresh one (opened before the old one closes, so the FIFO
     /// never has zero readers and a writer arriving meanwhile loses nothing).
     fn reopen(&mut self, registry: &Registry) {
-        let fresh = match open_read_end(&self.path) {
+        // Through the lock's fd, not the path: the same FIFO even if the path changed meanwhile.
+        let fresh = match reopen_read_end(self.lock.as_raw_fd(), &self.path) {
             Ok(f) => f,
             Err(e) => {
                 // Keep the old end: requests can still arrive through it.
@@ -267,8 +403,19 @@ impl MiServer {
 
     fn queue(&mut self, name: String, line: Vec<u8>) {
         let now = Instant::now();
+        // Who may own a reply FIFO: root, us, or a member of the MI FIFO's group (as it is now:
+        // the FIFO is given to the daemon's user and group at start).
+        let owners = Owners {
+            euid: nix::unistd::geteuid().as_raw(),
+            gid: self
+                .fifo
+                .metadata()
+                .map(|m| m.gid())
+                .unwrap_or_else(|_| nix::unistd::getegid().as_raw()),
+        };
         self.replies.push_back(PendingReply {
             path: self.reply_dir.join(&name),
+            owners,
             line,
             written: 0,
             pipe: None,
@@ -339,12 +486,10 @@ impl MiServer {
         });
     }
 
-    /// Unlinks the FIFO (when it is still ours) and drops any pending reply.
+    /// Unlinks the FIFO (when it is still ours: same inode) and drops any pending reply; the
+    /// lock goes with the process's fds.
     pub fn remove(self) {
-        let ours = match (fs::symlink_metadata(&self.path), self.fifo.metadata()) {
-            (Ok(at_path), Ok(open)) => at_path.dev() == open.dev() && at_path.ino() == open.ino(),
-            _ => false,
-        };
+        let ours = matches!(fs::symlink_metadata(&self.path), Ok(m) if ident(&m) == self.ident);
         if !ours {
             log::warn!(
                 "MI FIFO {} was replaced or removed by someone else; left alone",
@@ -354,6 +499,97 @@ impl MiServer {
         }
         if let Err(e) = fs::remove_file(&self.path) {
             log::warn!("cannot remove MI FIFO {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Puts a FIFO of ours at `path`, locked: made under a temporary name in the same directory,
+/// locked, then linked into place when the path is free, or renamed over a stale FIFO while
+/// holding that one's lock (so two daemons never both believe they own the path).
+fn make_fifo(path: &Path, mode: u32) -> Result<Owned, MiError> {
+    for _ in 0..4 {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_fifo() => {
+                let theirs = open_read_end(path)?;
+                let stale = match Flock::lock(theirs, FlockArg::LockExclusiveNonblock) {
+                    Ok(l) => l,
+                    Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                        return Err(MiError::Busy {
+                            path: path.to_owned(),
+                            pid: crate::sys::flock_holder(&m),
+                        })
+                    }
+                    Err((_, e)) => return Err(io_err("lock", path)(e.into())),
+                };
+                let stale_ident = stale
+                    .metadata()
+                    .map(|m| ident(&m))
+                    .map_err(io_err("inspect", path))?;
+                let (owned, temp) = new_locked_fifo(path, mode)?;
+                // Still the one we hold? (Another daemon may have replaced it before we locked.)
+                let same = matches!(fs::symlink_metadata(path), Ok(m) if ident(&m) == stale_ident);
+                if !same {
+                    let _ = fs::remove_file(&temp);
+                    continue;
+                }
+                let renamed = fs::rename(&temp, path);
+                if let Err(e) = renamed {
+                    let _ = fs::remove_file(&temp);
+                    return Err(io_err("replace the stale", path)(e));
+                }
+                log::info!("MI FIFO {}: replaced a stale one", path.display());
+                drop(stale);
+                return Ok(owned);
+            }
+            Ok(_) => return Err(MiError::NotAFifo(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (owned, temp) = new_locked_fifo(path, mode)?;
+                let linked = fs::hard_link(&temp, path);
+                let _ = fs::remove_file(&temp);
+                match linked {
+                    Ok(()) => return Ok(owned),
+                    // Someone put something there meanwhile: look again.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(io_err("create", path)(e)),
+                }
+            }
+            Err(e) => return Err(io_err("inspect", path)(e)),
+        }
+    }
+    Err(io_err("create", path)(io::Error::other(
+        "the path keeps changing under us",
+    )))
+}
+
+/// A new FIFO with `mode` under a temporary name beside `path`, opened and locked; returns it and
+/// the temporary path (the caller links or renames it into place).
+fn new_locked_fifo(path: &Path, mode: u32) -> Result<(Owned, PathBuf), MiError> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+    let _ = fs::remove_file(&temp);
+    nix::unistd::mkfifo(&temp, Mode::from_bits_truncate(mode))
+        .map_err(|e| io_err("create", path)(e.into()))?;
+    let made = (|| {
+        // mkfifo applies the umask; the configured mode is what the operator asked for.
+        fs::set_permissions(&temp, fs::Permissions::from_mode(mode))
+            .map_err(io_err("set the mode of", path))?;
+        let read = open_read_end(&temp)?;
+        let lock = Flock::lock(open_read_end(&temp)?, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| io_err("lock", path)(e.into()))?;
+        let ident = read
+            .metadata()
+            .map(|m| ident(&m))
+            .map_err(io_err("inspect", path))?;
+        Ok(Owned { read, lock, ident })
+    })();
+    match made {
+        Ok(o) => Ok((o, temp)),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(e)
         }
     }
 }
@@ -372,10 +608,25 @@ fn open_read_end(path: &Path) -> Result<File, MiError> {
     Ok(file)
 }
 
+/// Who may own a reply FIFO: root, the daemon's user (`euid`), a member of group `gid` (the MI
+/// FIFO's).
+#[derive(Debug, Clone, Copy)]
+struct Owners {
+    euid: u32,
+    gid: u32,
+}
+
+impl Owners {
+    fn allow(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.euid || crate::sys::user_in_group(uid, self.gid)
+    }
+}
+
 /// A reply on its way to a client's FIFO.
 #[derive(Debug)]
 struct PendingReply {
     path: PathBuf,
+    owners: Owners,
     line: Vec<u8>,
     written: usize,
     pipe: Option<File>,
@@ -390,8 +641,9 @@ enum OpenFailure {
     Refused(String),
 }
 
-/// Opens a client's reply FIFO for writing without blocking and without following a symlink.
-fn open_reply_pipe(path: &Path) -> Result<File, OpenFailure> {
+/// Opens a client's reply FIFO for writing without blocking and without following a symlink, when
+/// its owner is one `owners` allows.
+fn open_reply_pipe(path: &Path, owners: Owners) -> Result<File, OpenFailure> {
     // Look before opening: opening anything but a FIFO (a device, say) could have effects.
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => {
@@ -423,8 +675,17 @@ fn open_reply_pipe(path: &Path) -> Result<File, OpenFailure> {
     };
     // Checked again on what was opened: the path may have been swapped since the look.
     match file.metadata() {
-        Ok(m) if m.file_type().is_fifo() => Ok(file),
-        Ok(_) => Err(OpenFailure::Refused("it is not a FIFO".into())),
+        Ok(m) if !m.file_type().is_fifo() => Err(OpenFailure::Refused("it is not a FIFO".into())),
+        // Another user's FIFO: writing there would let anyone have the daemon write into a pipe
+        // of a user who never asked.
+        Ok(m) if !owners.allow(m.uid()) => Err(OpenFailure::Refused(format!(
+            "it belongs to uid {}, not root, this daemon's user (uid {}) or a member of the MI \
+             FIFO's group (gid {})",
+            m.uid(),
+            owners.euid,
+            owners.gid
+        ))),
+        Ok(_) => Ok(file),
         Err(e) => Err(OpenFailure::Refused(e.to_string())),
     }
 }
@@ -433,7 +694,7 @@ impl PendingReply {
     /// Opens and writes as far as possible: `Ok(true)` when done, `Ok(false)` to retry later.
     fn advance(&mut self, now: Instant) -> Result<bool, String> {
         if self.pipe.is_none() {
-            match open_reply_pipe(&self.path) {
+            match open_reply_pipe(&self.path, self.owners) {
                 Ok(f) => {
                     self.pipe = Some(f);
                     self.progress = now;
@@ -529,6 +790,142 @@ mod tests {
         for bad in ["", "rw", "0880", "77777"] {
             assert!(matches!(parse_mode(bad), Err(MiError::Mode(_))), "{bad}");
         }
+        for open in ["0666", "0777", "0662", "2"] {
+            let e = check_mode(open).unwrap_err();
+            assert!(
+                matches!(&e, MiError::WorldWritable(v) if v == open),
+                "{open}"
+            );
+            assert!(e.to_string().contains("fifo_mode"), "{e}");
+        }
+        assert_eq!(check_mode("0664").unwrap(), 0o664);
+    }
+
+    #[test]
+    fn a_second_server_on_the_same_fifo_is_refused_naming_the_holder() {
+        let d = Dir::new("busy");
+        let c = cfg(&d.0, "0600");
+        let first = MiServer::create(&c).unwrap();
+        let e = MiServer::create(&c).unwrap_err();
+        match &e {
+            MiError::Busy { path, pid } => {
+                assert_eq!(path, &c.fifo_name);
+                assert_eq!(*pid, Some(std::process::id()), "{e}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e
+            .to_string()
+            .contains(&format!("pid {}", std::process::id())));
+        // The first one's FIFO is untouched.
+        let meta = fs::symlink_metadata(&c.fifo_name).unwrap();
+        assert_eq!(ident(&meta), first.ident);
+        first.remove();
+        assert!(!c.fifo_name.exists());
+        // Its lock went with it: a new server starts.
+        MiServer::create(&c).unwrap().remove();
+        // No temporary name left behind.
+        assert_eq!(fs::read_dir(&d.0).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_fifo_is_created_again_and_requests_reach_it() {
+        use mio::{Events, Poll};
+        let d = Dir::new("again");
+        let c = cfg(&d.0, "0640");
+        let mut server = MiServer::create(&c).unwrap();
+        let mut poll = Poll::new().unwrap();
+        server.register(poll.registry(), Token(7)).unwrap();
+        assert!(!server.check(poll.registry()), "nothing to do");
+        fs::remove_file(&c.fifo_name).unwrap();
+        assert!(server.check(poll.registry()));
+        let meta = fs::symlink_metadata(&c.fifo_name).unwrap();
+        assert!(meta.file_type().is_fifo());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        // Replaced by someone's unlocked FIFO: ours again.
+        fs::remove_file(&c.fifo_name).unwrap();
+        nix::unistd::mkfifo(&c.fifo_name, Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(server.check(poll.registry()));
+        assert_eq!(
+            ident(&fs::symlink_metadata(&c.fifo_name).unwrap()),
+            server.ident
+        );
+        // A request written to the path now reaches the server.
+        let mut w = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&c.fifo_name)
+            .unwrap();
+        w.write_all(b":r:{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"which\"}\n")
+            .unwrap();
+        drop(w);
+        let mut events = Events::with_capacity(8);
+        let mut got = Vec::new();
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && Instant::now() < give_up {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            if events.iter().any(|e| e.token() == Token(7)) {
+                got.extend(server.on_readable(poll.registry()));
+            }
+        }
+        assert_eq!(got.len(), 1);
+        // A regular file put there is left alone.
+        fs::remove_file(&c.fifo_name).unwrap();
+        fs::write(&c.fifo_name, "mine").unwrap();
+        assert!(!server.check(poll.registry()));
+        assert_eq!(fs::read_to_string(&c.fifo_name).unwrap(), "mine");
+        server.remove();
+        assert_eq!(fs::read_to_string(&c.fifo_name).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_reply_fifo_of_another_user_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            crate::skip::skip("a_reply_fifo_of_another_user_is_refused", "needs root");
+            return;
+        }
+        let d = Dir::new("owner");
+        let p = d.0.join("theirs");
+        nix::unistd::mkfifo(&p, Mode::from_bits_truncate(0o600)).unwrap();
+        // nobody (65534), not in root's group.
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        // A daemon running as root, its FIFO in group root: nobody's FIFO is refused.
+        let root = Owners { euid: 0, gid: 0 };
+        assert!(
+            matches!(open_reply_pipe(&p, root), Err(OpenFailure::Refused(r)) if r.contains("uid 65534")),
+            "another user's FIFO"
+        );
+        // A daemon running as uid 12345: its own user's FIFO and root's are fine.
+        let daemon = Owners {
+            euid: 12345,
+            gid: 54321,
+        };
+        assert!(matches!(
+            open_reply_pipe(&p, daemon),
+            Err(OpenFailure::Refused(_))
+        ));
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(12345)), None).unwrap();
+        assert!(
+            open_reply_pipe(&p, daemon).is_ok(),
+            "the daemon's user's FIFO"
+        );
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+        assert!(open_reply_pipe(&p, daemon).is_ok(), "root's FIFO");
+        // A member of the MI FIFO's group: nobody's primary group is nogroup (65534).
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let group = Owners {
+            euid: 12345,
+            gid: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(65534))
+                .unwrap()
+                .map_or(65534, |u| u.gid.as_raw()),
+        };
+        assert!(open_reply_pipe(&p, group).is_ok(), "a member of the group");
     }
 
     #[test]
@@ -577,18 +974,22 @@ mod tests {
         nix::unistd::mkfifo(&outside, Mode::from_bits_truncate(0o600)).unwrap();
         symlink(&outside, d.0.join("link")).unwrap();
         fs::write(d.0.join("file"), "keep").unwrap();
+        let me = Owners {
+            euid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        };
         assert!(
-            matches!(open_reply_pipe(&d.0.join("link")), Err(OpenFailure::Refused(r)) if r.contains("symlink"))
+            matches!(open_reply_pipe(&d.0.join("link"), me), Err(OpenFailure::Refused(r)) if r.contains("symlink"))
         );
         assert!(
-            matches!(open_reply_pipe(&d.0.join("file")), Err(OpenFailure::Refused(r)) if r.contains("not a FIFO"))
+            matches!(open_reply_pipe(&d.0.join("file"), me), Err(OpenFailure::Refused(r)) if r.contains("not a FIFO"))
         );
         assert!(matches!(
-            open_reply_pipe(&d.0.join("missing")),
+            open_reply_pipe(&d.0.join("missing"), me),
             Err(OpenFailure::Refused(_))
         ));
         assert!(matches!(
-            open_reply_pipe(&outside),
+            open_reply_pipe(&outside, me),
             Err(OpenFailure::NoReader)
         ));
         assert_eq!(fs::read_to_string(d.0.join("file")).unwrap(), "keep");

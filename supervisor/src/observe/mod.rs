@@ -26,7 +26,7 @@ mod server;
 use crate::config::{Config, DatagramSocket};
 use crate::mi::bridge::{self, MiInbox};
 use log::info;
-use mio::{Poll, Registry, Token, Waker};
+use mio::{Poll, Waker};
 use server::{Datagram, Done, MiSettings, Parts, Role, Server};
 pub use server::{MAX_CONNECTIONS, MI_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -104,13 +104,10 @@ impl Drop for Observers {
 }
 
 /// Binds what `config` turns on and starts their thread; MI calls wake the supervisor's loop with
-/// `token` in `registry`. With nothing configured, no thread runs.
-pub fn start(
-    config: &Config,
-    registry: &Registry,
-    token: Token,
-) -> Result<Observers, ObserveError> {
-    let (mi_bridge, inbox) = bridge::bridge(registry, token)?;
+/// `waker` (the loop's one waker, shared with its database thread). With nothing configured, no
+/// thread runs.
+pub fn start(config: &Config, waker: Arc<Waker>) -> Result<Observers, ObserveError> {
+    let (mi_bridge, inbox) = bridge::bridge_waking(waker);
     let stop = Arc::new(AtomicBool::new(false));
     let mut listeners = Vec::new();
     let mut mi = None;

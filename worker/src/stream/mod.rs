@@ -21,7 +21,9 @@
 //! Counters (the worker's shm record): `received` SIP messages; `replied` replies queued on their
 //! connection; `dropped` messages not answered (ACK, responses, malformed) plus connections
 //! closed for a protocol error (bad framing, TLS or WebSocket error, refused upgrade, handshake
-//! timeout) or refused (`Conn` for a slot not served); `wakeups` as UDP; `connections` the open
+//! timeout) or refused (`Conn` for a slot not served); `refused` connections lost because the
+//! worker was at its open-file limit when they were handed over (the kernel closes them; the
+//! worker keeps every connection it has and goes on); `wakeups` as UDP; `connections` the open
 //! connections, which the supervisor reads to choose a worker. Per slot: `received` and the
 //! `connections` gauge. Idle, drained and peer-closed connections are not errors.
 #![cfg_attr(
@@ -418,6 +420,11 @@ impl Worker {
                 None
             }
             ToWorker::Conn { slot, peer } => {
+                if fds.is_empty() {
+                    // Lost to the open-file limit (`control::receive` let it through for that
+                    // only): the kernel closed the connection; count it refused, keep serving.
+                    self.refuse_lost(slot, peer);
+                }
                 for fd in fds {
                     self.adopt(slot, peer, fd, now);
                 }
@@ -553,6 +560,22 @@ impl Worker {
             "stream worker {}: slot {slot} removed, {uncounted} connections drain",
             self.rank
         );
+    }
+
+    /// A connection handed over while this worker was at its open-file limit: the kernel could
+    /// not give it the fd and closed it. It is counted refused (the worker's `refused` counter)
+    /// and the supervisor's count of the hand-off is undone; every open connection goes on.
+    fn refuse_lost(&mut self, slot: u32, peer: SocketAddr) {
+        log::warn!(
+            "stream worker {}: connection from {peer} on slot {slot} refused: the open-file limit \
+             is reached ({} connections open)",
+            self.rank,
+            self.open
+        );
+        if let Some(record) = self.shm.worker(WorkerKind::Stream, self.rank) {
+            record.add_refused(1);
+            record.add_connections(-1);
+        }
     }
 
     /// Take an accepted connection of `slot`, or refuse it (its fd is closed).
