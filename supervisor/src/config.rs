@@ -49,6 +49,8 @@ pub struct Config {
     pub mi_datagram: MiDatagram,
     /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
     pub metrics: Metrics,
+    /// `[relay]`: the relays table and how requests are relayed to the SIP core.
+    pub relay: Relay,
 }
 
 /// The file as serde reads it, before [`RawConfig::check`]: the sections, each defaulting to its
@@ -76,6 +78,8 @@ pub struct RawConfig {
     pub mi_datagram: MiDatagram,
     /// `[metrics]`.
     pub metrics: Metrics,
+    /// `[relay]`.
+    pub relay: Relay,
 }
 
 /// `[tcp]`.
@@ -592,6 +596,53 @@ impl Default for Sip {
     }
 }
 
+/// `[relay]`: the relays table (which upstream each socket tag relays to) and the relay's
+/// behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [relay] section")]
+pub struct Relay {
+    /// Table holding the relays, in the database of `[sockets_mgm] db_url`.
+    pub table_name: String,
+    /// The relay's 32-byte HMAC key (Record-Route, Path and Via parameters): created with mode
+    /// 0600 at the first start when missing (a relative path is taken from the working
+    /// directory); nodes sharing a database share this file.
+    pub secret_file: PathBuf,
+    /// Fill `rport` and add `received` on the sender's Via even when it did not ask (RFC 3581):
+    /// an edge faces NATs.
+    pub force_rport: bool,
+    /// When a REGISTER from a stream client gets a Path header: `always`, or `supported` (only
+    /// with `Supported: path`).
+    pub path: worker::relay::PathMode,
+    /// Records of relay counters in the shared table: the most relay rows that can run at once.
+    pub max_relays: u32,
+    /// Longest a TCP or TLS connection to a destination may take to open (seconds in the file).
+    #[serde(deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            table_name: "relays".into(),
+            secret_file: "sipsockd.key".into(),
+            force_rport: true,
+            path: worker::relay::PathMode::Always,
+            max_relays: 1000,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Relay {
+    /// What the workers apply, as the route table carries it.
+    pub fn settings(&self) -> worker::relay::RelaySettings {
+        worker::relay::RelaySettings {
+            force_rport: self.force_rport,
+            path: self.path,
+        }
+    }
+}
+
 /// The configuration file looked for when `--config` is not given.
 pub const DEFAULT_FILE: &str = "sipsockd.toml";
 
@@ -797,6 +848,7 @@ impl RawConfig {
             mi_http: self.mi_http,
             mi_datagram: self.mi_datagram,
             metrics: self.metrics,
+            relay: self.relay,
         };
         config.validate(file)?;
         Ok(config)
@@ -950,6 +1002,7 @@ impl Config {
             }
         }
         self.validate_observers(file)?;
+        self.validate_relay(file)?;
         let sip = &self.sip;
         if !(100..=699).contains(&sip.reply_code) {
             return Err(invalid(
@@ -1019,6 +1072,60 @@ impl Config {
                 "mi_datagram.unix_socket_mode",
                 format!("{:?}", self.mi_datagram.unix_socket_mode),
                 "must be an octal permission mode such as \"0660\" (digits 0-7, at most 0777)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The checks of `[relay]`.
+    fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            value,
+            reason,
+        };
+        let r = &self.relay;
+        let table = &r.table_name;
+        if !is_identifier(table) {
+            return Err(invalid(
+                "relay.table_name",
+                format!("{table:?}"),
+                format!(
+                    "not a plain SQL identifier (a letter or '_', then letters, digits or '_'; at \
+                     most {MAX_IDENTIFIER} characters)"
+                ),
+            ));
+        }
+        for (other, what) in [
+            (
+                self.sockets_mgm.table_name.as_str(),
+                "sockets_mgm.table_name",
+            ),
+            ("version", "the version table"),
+        ] {
+            if table.eq_ignore_ascii_case(other) {
+                return Err(invalid(
+                    "relay.table_name",
+                    format!("{table:?}"),
+                    format!("same table as {what}"),
+                ));
+            }
+        }
+        if r.secret_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "relay.secret_file",
+                "\"\"".into(),
+                "must not be empty".into(),
+            ));
+        }
+        if r.max_relays == 0 || r.max_relays > 65535 {
+            return Err(invalid(
+                "relay.max_relays",
+                r.max_relays.to_string(),
+                "must be between 1 and 65535".into(),
             ));
         }
         Ok(())
