@@ -1159,6 +1159,93 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_section() {
+        let c = parse(
+            r#"
+[relay]
+table_name = "upstreams"
+secret_file = "/var/lib/sipsockd/relay.key"
+force_rport = false
+path = "supported"
+max_relays = 7
+connect_timeout = 0.5
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.relay.table_name, "upstreams");
+        assert_eq!(
+            c.relay.secret_file,
+            PathBuf::from("/var/lib/sipsockd/relay.key")
+        );
+        assert_eq!(c.relay.max_relays, 7);
+        assert_eq!(c.relay.connect_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.relay.settings(),
+            worker::relay::RelaySettings {
+                force_rport: false,
+                path: worker::relay::PathMode::Supported,
+            }
+        );
+        assert_eq!(
+            Relay::default().settings(),
+            worker::relay::RelaySettings::default()
+        );
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[relay]\ntable_name = \"1x\"\n",
+                &["relay.table_name = \"1x\"", "plain SQL identifier"],
+            ),
+            (
+                "[relay]\ntable_name = \"Sockets\"\n",
+                &["relay.table_name", "same table as sockets_mgm.table_name"],
+            ),
+            (
+                "[sockets_mgm]\ntable_name = \"a\"\n[relay]\ntable_name = \"A\"\n",
+                &["same table as sockets_mgm.table_name"],
+            ),
+            (
+                "[relay]\ntable_name = \"version\"\n",
+                &["same table as the version table"],
+            ),
+            (
+                "[relay]\nsecret_file = \"\"\n",
+                &["relay.secret_file", "must not be empty"],
+            ),
+            (
+                "[relay]\nmax_relays = 0\n",
+                &["relay.max_relays = 0", "between 1 and 65535"],
+            ),
+            (
+                "[relay]\nmax_relays = 65536\n",
+                &["relay.max_relays = 65536"],
+            ),
+            (
+                "[relay]\npath = \"never\"\n",
+                &["relay.path = \"never\"", "always", "supported"],
+            ),
+            (
+                "[relay]\nconnect_timeout = 0\n",
+                &["relay.connect_timeout = 0", "more than 0"],
+            ),
+            (
+                "[relay]\nforce_rport = \"yes\"\n",
+                &["relay.force_rport", "invalid type"],
+            ),
+            (
+                "[relay]\nsecret = \"x\"\n",
+                &["relay.secret", "unknown key"],
+            ),
+        ];
+        for (text, wants) in cases {
+            let e = err(text);
+            for want in *wants {
+                assert!(e.contains(want), "{text:?}: {e:?} lacks {want:?}");
+            }
+        }
+    }
+
+    #[test]
     fn stream_tls_and_general_sections() {
         let c = parse(
             r#"
