@@ -93,9 +93,11 @@ impl SocketDef {
 /// one about a row of the relays table has `"table": "<[relay] table_name>"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowError {
-    /// The table of the row when it is not the sockets table (the relays table's name).
+    /// The table of the row when it is not the sockets table (the relays table's name; see
+    /// [`RowError::table`]). Boxed so that a `RowError`, the error of every row parser, stays
+    /// small.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub table: Option<String>,
+    pub table: Option<Box<String>>,
     /// The row's `id`, if the table has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
@@ -226,6 +228,11 @@ pub fn format_flags(flags: &Flags) -> String {
 }
 
 impl RowError {
+    /// The table of the row, when it is not the sockets table.
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_deref().map(String::as_str)
+    }
+
     /// True for an error about the table rather than one value (duplicate identity, more rows
     /// than `max_sockets`): such an error refuses the table whatever `invalid_rows` says.
     pub fn is_table_error(&self) -> bool {

@@ -518,9 +518,14 @@ fn a_relays_table_with_a_missing_column_or_another_version_is_a_load_error() {
 #[test]
 fn the_configured_relay_table_name_is_used_everywhere() {
     let dir = Scratch::new("relay_names");
-    let mut config = crate::config::Config::default();
-    config.sockets_mgm = dir.cfg();
-    config.relay.table_name = "upstreams".into();
+    let config = crate::config::Config {
+        sockets_mgm: dir.cfg(),
+        relay: crate::config::Relay {
+            table_name: "upstreams".into(),
+            ..crate::config::Relay::default()
+        },
+        ..crate::config::Config::default()
+    };
     assert!(ensure_sqlite_tables(&config).unwrap());
     let mut db = Database::connect_config(&config).unwrap();
     assert_eq!(db.relay_table(), "upstreams");

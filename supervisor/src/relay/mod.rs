@@ -148,7 +148,7 @@ pub fn parse_relay_row(
 ) -> Result<RelayDef, RowError> {
     let raw = raw.normalized();
     let error = |column: &str, value: Option<&String>, reason: String| RowError {
-        table: Some(table.to_string()),
+        table: Some(Box::new(table.to_string())),
         id: raw.id,
         socket: None,
         column: Some(column.to_string()),
@@ -302,7 +302,7 @@ pub fn examine_relays(
             if let Some(out) = &def.socket {
                 if let Some(reason) = seen.missing(out, &cfg.sockets_mgm.table_name) {
                     return Err(RowError {
-                        table: Some(table.to_string()),
+                        table: Some(Box::new(table.to_string())),
                         id: Some(def.id),
                         socket: None,
                         column: Some("socket".into()),
@@ -354,7 +354,7 @@ pub fn examine_relays(
 
 fn relay_table_error(def: &RelayDef, table: &str, reason: String) -> RowError {
     RowError {
-        table: Some(table.to_string()),
+        table: Some(Box::new(table.to_string())),
         id: Some(def.id),
         socket: None,
         column: None,

@@ -211,7 +211,7 @@ fn bad_rows_name_table_id_column_value_and_reason() {
     ];
     for (raw, column, value, want) in cases {
         let e = refused(&raw);
-        assert_eq!(e.table.as_deref(), Some("relays"), "{raw:?}");
+        assert_eq!(e.table(), Some("relays"), "{raw:?}");
         assert_eq!(e.id, raw.id);
         assert_eq!(e.column.as_deref(), Some(column), "{raw:?}: {e:?}");
         assert_eq!(e.value.as_deref(), value, "{raw:?}");
@@ -328,11 +328,8 @@ fn one_validation_for_both_tables() {
     let t = validate_tables(&rows, &relays, &cfg(), &names());
     assert!(t.refused, "reject: any bad row of either table");
     assert_eq!(t.errors.len(), 3, "{:?}", t.errors);
-    let named: Vec<(Option<&str>, Option<i64>)> = t
-        .errors
-        .iter()
-        .map(|e| (e.table.as_deref(), e.id))
-        .collect();
+    let named: Vec<(Option<&str>, Option<i64>)> =
+        t.errors.iter().map(|e| (e.table(), e.id)).collect();
     assert_eq!(
         named,
         vec![
@@ -419,7 +416,7 @@ fn errors_name_the_configured_table() {
         &c,
         &names(),
     );
-    assert_eq!(t.errors[0].table.as_deref(), Some("upstreams"));
+    assert_eq!(t.errors[0].table(), Some("upstreams"));
     assert!(t.errors[0]
         .to_string()
         .starts_with("upstreams row 9: weight"));
@@ -626,7 +623,7 @@ proptest! {
         let table_error = t.errors.iter().any(RowError::is_table_error);
         prop_assert_eq!(t.refused, table_error || (!skip && !t.errors.is_empty()));
         for e in &t.errors {
-            prop_assert_eq!(e.table.as_deref(), Some("relays"));
+            prop_assert_eq!(e.table(), Some("relays"));
             prop_assert!(!e.reason.is_empty());
         }
     }
