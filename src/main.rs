@@ -3,7 +3,8 @@
 //!
 //! This binary only parses the command line and dispatches:
 //! - `run`: the daemon (supervisor), in the foreground;
-//! - `db init|add|rm|list`: provisioning of the sockets table;
+//! - `db init|add|rm|list`: provisioning of the sockets table; `db relay add|rm|list`: of the
+//!   relays table;
 //! - `check`: what a reload would apply;
 //! - `mi`: a client of the MI FIFO;
 //! - `options`: send one SIP OPTIONS to a UDP socket and print the reply;
@@ -98,7 +99,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DbCommand {
-    /// Create the sockets and version tables (idempotent).
+    /// Create the sockets, relays and version tables (idempotent).
     Init,
     /// Add one socket row (validated first; a duplicate identity is refused).
     Add {
@@ -127,6 +128,41 @@ enum DbCommand {
         id: Option<i64>,
     },
     /// List the rows.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provision the relays table (where requests arriving on sockets of a tag go).
+    #[command(subcommand)]
+    Relay(RelayCommand),
+}
+
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Add one relay row (validated first, against the sockets table too).
+    Add {
+        /// The socket tag it serves.
+        tag: String,
+        /// `sip:host[:port][;transport=udp|tcp|tls]` or `sips:host[:port]`.
+        destination: String,
+        /// The socket to send from, in the sockets table's syntax (default: chosen per request).
+        #[arg(long)]
+        socket: Option<String>,
+        /// Weight among the tag's destinations, 1-65535 (default 1).
+        #[arg(long)]
+        weight: Option<String>,
+        /// Do not verify the TLS destination's certificate (lab use only).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Remove a relay row by its id.
+    Rm {
+        /// The row id.
+        #[arg(long)]
+        id: i64,
+    },
+    /// List the relay rows.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -241,6 +277,29 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Db(DbCommand::List { json }) => {
             supervisor::commands::db_list(&config, json, &mut out)?
+        }
+        Command::Db(DbCommand::Relay(RelayCommand::Add {
+            tag,
+            destination,
+            socket,
+            weight,
+            insecure,
+        })) => {
+            let row = supervisor::relay::RawRelayRow {
+                id: None,
+                tag: Some(tag),
+                destination: Some(destination),
+                socket,
+                weight,
+                flags: insecure.then(|| "insecure".to_string()),
+            };
+            supervisor::commands::relay_add(&config, &row, &mut out)?
+        }
+        Command::Db(DbCommand::Relay(RelayCommand::Rm { id })) => {
+            supervisor::commands::relay_rm(&config, id, &mut out)?
+        }
+        Command::Db(DbCommand::Relay(RelayCommand::List { json })) => {
+            supervisor::commands::relay_list(&config, json, &mut out)?
         }
         Command::Check { json } => {
             if !supervisor::commands::check(&config, json, &mut out)? {

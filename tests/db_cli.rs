@@ -80,7 +80,7 @@ fn sqlite_first_commands_work_from_an_empty_directory() {
     );
     assert_eq!(
         run(&["check", "--json"]).ok().json(),
-        json!({"valid": true, "rows": [demo_row()]})
+        json!({"valid": true, "rows": [demo_row()], "relays": [], "warnings": []})
     );
 }
 
@@ -119,7 +119,7 @@ fn sqlite_a_bad_row_makes_check_exit_1_naming_the_row_and_the_reason() {
             {"id": 3, "socket": "bin:127.0.0.1:5072",
              "error": {"column": "socket", "value": "bin:127.0.0.1:5072",
                        "reason": "unsupported protocol bin for dynamic sockets (SIP only: udp, tcp, tls, ws, wss)"}},
-        ]})
+        ], "relays": [], "warnings": []})
     );
 
     // In skip mode the table is still not valid, but a reload would apply the good row.
@@ -471,7 +471,7 @@ fn server_first_commands(db: &ScratchDb, test: &str) {
     s.run(&["check"]).ok();
     assert_eq!(
         s.run(&["check", "--json"]).ok().json(),
-        json!({"valid": true, "rows": [demo_row()]})
+        json!({"valid": true, "rows": [demo_row()], "relays": [], "warnings": []})
     );
     // CHAR(128) pads on the server; nothing of it shows.
     assert_eq!(

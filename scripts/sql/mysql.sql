@@ -1,5 +1,6 @@
--- sipsockd: the sockets table for MySQL / MariaDB (what `sipsockd db init` creates with the default
--- names). OpenSIPS-compatible: the `sockets` table of the sockets_mgm module at schema version 1.
+-- sipsockd: the sockets and relays tables for MySQL / MariaDB (what `sipsockd db init` creates with the
+-- default names). The sockets table is OpenSIPS-compatible: the `sockets` table of the sockets_mgm
+-- module at schema version 1.
 -- Usage: mysql opensips < scripts/sql/mysql.sql   (safe to run again)
 
 CREATE TABLE IF NOT EXISTS `version` (
@@ -19,3 +20,16 @@ CREATE TABLE IF NOT EXISTS `sockets` (
 
 INSERT INTO `version` (`table_name`, `table_version`)
     SELECT 'sockets', 1 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM `version` WHERE `table_name` = 'sockets');
+
+-- sipsockd's relays table (schema version 1): which upstream each socket tag relays to.
+CREATE TABLE IF NOT EXISTS `relays` (
+    `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+    `tag` CHAR(128) NOT NULL,
+    `destination` CHAR(255) NOT NULL,
+    `socket` CHAR(128) DEFAULT NULL,
+    `weight` INT DEFAULT 1 NOT NULL,
+    `flags` CHAR(64) DEFAULT NULL
+) ENGINE=InnoDB;
+
+INSERT INTO `version` (`table_name`, `table_version`)
+    SELECT 'relays', 1 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM `version` WHERE `table_name` = 'relays');

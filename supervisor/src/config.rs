@@ -49,6 +49,8 @@ pub struct Config {
     pub mi_datagram: MiDatagram,
     /// `[metrics]`: the Prometheus endpoint (off unless `listen` is set).
     pub metrics: Metrics,
+    /// `[relay]`: the relays table and how requests are relayed to the SIP core.
+    pub relay: Relay,
 }
 
 /// The file as serde reads it, before [`RawConfig::check`]: the sections, each defaulting to its
@@ -76,6 +78,8 @@ pub struct RawConfig {
     pub mi_datagram: MiDatagram,
     /// `[metrics]`.
     pub metrics: Metrics,
+    /// `[relay]`.
+    pub relay: Relay,
 }
 
 /// `[tcp]`.
@@ -592,6 +596,53 @@ impl Default for Sip {
     }
 }
 
+/// `[relay]`: the relays table (which upstream each socket tag relays to) and the relay's
+/// behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [relay] section")]
+pub struct Relay {
+    /// Table holding the relays, in the database of `[sockets_mgm] db_url`.
+    pub table_name: String,
+    /// The relay's 32-byte HMAC key (Record-Route, Path and Via parameters): created with mode
+    /// 0600 at the first start when missing (a relative path is taken from the working
+    /// directory); nodes sharing a database share this file.
+    pub secret_file: PathBuf,
+    /// Fill `rport` and add `received` on the sender's Via even when it did not ask (RFC 3581):
+    /// an edge faces NATs.
+    pub force_rport: bool,
+    /// When a REGISTER from a stream client gets a Path header: `always`, or `supported` (only
+    /// with `Supported: path`).
+    pub path: worker::relay::PathMode,
+    /// Records of relay counters in the shared table: the most relay rows that can run at once.
+    pub max_relays: u32,
+    /// Longest a TCP or TLS connection to a destination may take to open (seconds in the file).
+    #[serde(deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            table_name: "relays".into(),
+            secret_file: "sipsockd.key".into(),
+            force_rport: true,
+            path: worker::relay::PathMode::Always,
+            max_relays: 1000,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Relay {
+    /// What the workers apply, as the route table carries it.
+    pub fn settings(&self) -> worker::relay::RelaySettings {
+        worker::relay::RelaySettings {
+            force_rport: self.force_rport,
+            path: self.path,
+        }
+    }
+}
+
 /// The configuration file looked for when `--config` is not given.
 pub const DEFAULT_FILE: &str = "sipsockd.toml";
 
@@ -797,6 +848,7 @@ impl RawConfig {
             mi_http: self.mi_http,
             mi_datagram: self.mi_datagram,
             metrics: self.metrics,
+            relay: self.relay,
         };
         config.validate(file)?;
         Ok(config)
@@ -950,6 +1002,7 @@ impl Config {
             }
         }
         self.validate_observers(file)?;
+        self.validate_relay(file)?;
         let sip = &self.sip;
         if !(100..=699).contains(&sip.reply_code) {
             return Err(invalid(
@@ -1025,6 +1078,60 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The checks of `[relay]`.
+    fn validate_relay(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, value: String, reason: String| ConfigError::Invalid {
+            file: file.to_string(),
+            key: key.to_string(),
+            value,
+            reason,
+        };
+        let r = &self.relay;
+        let table = &r.table_name;
+        if !is_identifier(table) {
+            return Err(invalid(
+                "relay.table_name",
+                format!("{table:?}"),
+                format!(
+                    "not a plain SQL identifier (a letter or '_', then letters, digits or '_'; at \
+                     most {MAX_IDENTIFIER} characters)"
+                ),
+            ));
+        }
+        for (other, what) in [
+            (
+                self.sockets_mgm.table_name.as_str(),
+                "sockets_mgm.table_name",
+            ),
+            ("version", "the version table"),
+        ] {
+            if table.eq_ignore_ascii_case(other) {
+                return Err(invalid(
+                    "relay.table_name",
+                    format!("{table:?}"),
+                    format!("same table as {what}"),
+                ));
+            }
+        }
+        if r.secret_file.as_os_str().is_empty() {
+            return Err(invalid(
+                "relay.secret_file",
+                "\"\"".into(),
+                "must not be empty".into(),
+            ));
+        }
+        if r.max_relays == 0 || r.max_relays > 65535 {
+            return Err(invalid(
+                "relay.max_relays",
+                r.max_relays.to_string(),
+                "must be between 1 and 65535".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes: safe to splice into SQL on every backend.
 pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
@@ -1049,6 +1156,93 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_relay_section() {
+        let c = parse(
+            r#"
+[relay]
+table_name = "upstreams"
+secret_file = "/var/lib/sipsockd/relay.key"
+force_rport = false
+path = "supported"
+max_relays = 7
+connect_timeout = 0.5
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.relay.table_name, "upstreams");
+        assert_eq!(
+            c.relay.secret_file,
+            PathBuf::from("/var/lib/sipsockd/relay.key")
+        );
+        assert_eq!(c.relay.max_relays, 7);
+        assert_eq!(c.relay.connect_timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.relay.settings(),
+            worker::relay::RelaySettings {
+                force_rport: false,
+                path: worker::relay::PathMode::Supported,
+            }
+        );
+        assert_eq!(
+            Relay::default().settings(),
+            worker::relay::RelaySettings::default()
+        );
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "[relay]\ntable_name = \"1x\"\n",
+                &["relay.table_name = \"1x\"", "plain SQL identifier"],
+            ),
+            (
+                "[relay]\ntable_name = \"Sockets\"\n",
+                &["relay.table_name", "same table as sockets_mgm.table_name"],
+            ),
+            (
+                "[sockets_mgm]\ntable_name = \"a\"\n[relay]\ntable_name = \"A\"\n",
+                &["same table as sockets_mgm.table_name"],
+            ),
+            (
+                "[relay]\ntable_name = \"version\"\n",
+                &["same table as the version table"],
+            ),
+            (
+                "[relay]\nsecret_file = \"\"\n",
+                &["relay.secret_file", "must not be empty"],
+            ),
+            (
+                "[relay]\nmax_relays = 0\n",
+                &["relay.max_relays = 0", "between 1 and 65535"],
+            ),
+            (
+                "[relay]\nmax_relays = 65536\n",
+                &["relay.max_relays = 65536"],
+            ),
+            (
+                "[relay]\npath = \"never\"\n",
+                &["relay.path = \"never\"", "always", "supported"],
+            ),
+            (
+                "[relay]\nconnect_timeout = 0\n",
+                &["relay.connect_timeout = 0", "more than 0"],
+            ),
+            (
+                "[relay]\nforce_rport = \"yes\"\n",
+                &["relay.force_rport", "invalid type"],
+            ),
+            (
+                "[relay]\nsecret = \"x\"\n",
+                &["relay.secret", "unknown key"],
+            ),
+        ];
+        for (text, wants) in cases {
+            let e = err(text);
+            for want in *wants {
+                assert!(e.contains(want), "{text:?}: {e:?} lacks {want:?}");
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod mi;
 pub mod observe;
 pub mod pool;
+pub mod relay;
 pub mod reload;
 pub mod reloading;
 pub mod row;

@@ -88,9 +88,16 @@ impl SocketDef {
 
 /// Why a row was refused.
 ///
-/// Serialized as the MI `data` entries want it: keys that do not apply are left out.
+/// Serialized as the MI `data` entries want it: keys that do not apply are left out. An error
+/// about a row of the sockets table has no `table` key (the shape `sockets_reload` always gave);
+/// one about a row of the relays table has `"table": "<[relay] table_name>"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowError {
+    /// The table of the row when it is not the sockets table (the relays table's name; see
+    /// [`RowError::table`]). Boxed so that a `RowError`, the error of every row parser, stays
+    /// small.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<Box<String>>,
     /// The row's `id`, if the table has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<i64>,
@@ -221,6 +228,11 @@ pub fn format_flags(flags: &Flags) -> String {
 }
 
 impl RowError {
+    /// The table of the row, when it is not the sockets table.
+    pub fn table(&self) -> Option<&str> {
+        self.table.as_deref().map(String::as_str)
+    }
+
     /// True for an error about the table rather than one value (duplicate identity, more rows
     /// than `max_sockets`): such an error refuses the table whatever `invalid_rows` says.
     pub fn is_table_error(&self) -> bool {
@@ -230,8 +242,11 @@ impl RowError {
 
 impl fmt::Display for RowError {
     /// `row 3: tos "300": 300 is out of range (0-255)`, naming the socket when the column at fault
-    /// is another one.
+    /// is another one; a relays row is `relays row 3: weight "0": ...`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(table) = &self.table {
+            write!(f, "{table} ")?;
+        }
         match self.id {
             Some(id) => write!(f, "row {id}")?,
             None => f.write_str("row")?,
@@ -316,14 +331,14 @@ fn interface_addresses(name: &str) -> Option<Vec<IpAddr>> {
 
 /// A host as written before the port: a bracketed IPv6 literal, or anything else (an IPv4 literal,
 /// a host name, an interface name).
-enum Host<'a> {
+pub(crate) enum Host<'a> {
     V6(&'a str, Ipv6Addr),
     Name(&'a str),
 }
 
 /// Split `host[:port]` (IPv6 in brackets). An unbracketed IPv6 address is refused: its last group
 /// could not be told from a port.
-fn split_host_port(s: &str) -> Result<(Host<'_>, Option<&str>), String> {
+pub(crate) fn split_host_port(s: &str) -> Result<(Host<'_>, Option<&str>), String> {
     if let Some(rest) = s.strip_prefix('[') {
         let (inside, after) = rest
             .split_once(']')
@@ -350,7 +365,7 @@ fn split_host_port(s: &str) -> Result<(Host<'_>, Option<&str>), String> {
 }
 
 /// A port: decimal digits, 1 to 65535.
-fn parse_port(p: &str) -> Result<u16, String> {
+pub(crate) fn parse_port(p: &str) -> Result<u16, String> {
     if p.is_empty() {
         return Err("empty port after ':'".into());
     }
@@ -365,7 +380,7 @@ fn parse_port(p: &str) -> Result<u16, String> {
 }
 
 /// A host name or interface name: letters, digits, '.', '-', '_'; not a malformed IPv4 address.
-fn check_name(h: &str) -> Result<(), String> {
+pub(crate) fn check_name(h: &str) -> Result<(), String> {
     if h.is_empty() {
         return Err("missing host".into());
     }
@@ -385,7 +400,7 @@ fn check_name(h: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_length(value: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_length(value: &str, max: usize) -> Result<(), String> {
     if value.len() > max {
         return Err(format!("too long: {} bytes (at most {max})", value.len()));
     }
@@ -425,16 +440,27 @@ pub fn parse_socket(text: &str, resolver: &dyn Resolver) -> Result<(Proto, IpAdd
             Ok(ip) => IpAddr::V4(ip),
             Err(_) => {
                 check_name(h)?;
-                resolve_one(text, h, resolver)?
+                resolve_one(
+                    &format!("socket {text}"),
+                    h,
+                    resolver,
+                    "one listener per row",
+                )?
             }
         },
     };
     Ok((proto, ip, port))
 }
 
-/// The seed's one-listener rule: a name standing for several addresses gets the first, with a
-/// warning, rather than several listeners.
-fn resolve_one(text: &str, host: &str, resolver: &dyn Resolver) -> Result<IpAddr, String> {
+/// The seed's one-listener rule, also used for relay destinations: a name standing for several
+/// addresses gets the first, with a warning naming `what` and saying why one (`rule`), rather than
+/// several.
+pub(crate) fn resolve_one(
+    what: &str,
+    host: &str,
+    resolver: &dyn Resolver,
+    rule: &str,
+) -> Result<IpAddr, String> {
     let ips = resolver.resolve(host)?;
     match ips.as_slice() {
         [] => Err(format!("host {host} resolves to no address")),
@@ -442,8 +468,8 @@ fn resolve_one(text: &str, host: &str, resolver: &dyn Resolver) -> Result<IpAddr
         [first, ..] => {
             let all: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
             log::warn!(
-                "socket {text}: {host} resolves to {} addresses ({}); using the first, {first} \
-                 (one listener per row: write the IP to choose)",
+                "{what}: {host} resolves to {} addresses ({}); using the first, {first} \
+                 ({rule}: write the IP to choose)",
                 ips.len(),
                 all.join(", ")
             );
@@ -530,7 +556,7 @@ pub fn parse_tos(text: &str) -> Result<u8, String> {
 }
 
 /// The `tag` column: free text without control characters.
-fn check_tag(text: &str) -> Result<(), String> {
+pub(crate) fn check_tag(text: &str) -> Result<(), String> {
     check_length(text, MAX_TEXT)?;
     if text.chars().any(char::is_control) {
         return Err("contains control characters".into());
@@ -548,6 +574,7 @@ pub fn parse_row(raw: &RawRow, resolver: &dyn Resolver) -> Result<SocketDef, Vec
 fn parse_one(raw: &RawRow, resolver: &dyn Resolver) -> Result<SocketDef, RowError> {
     let raw = raw.normalized();
     let error = |column: &str, value: Option<&String>, reason: String| RowError {
+        table: None,
         id: raw.id,
         socket: raw.socket.as_deref().map(cap_shown),
         column: Some(column.to_string()),
@@ -649,6 +676,7 @@ fn describe(def: &SocketDef) -> String {
 fn table_error(def: &SocketDef, reason: String) -> RowError {
     // A valid row's text is at most MAX_TEXT bytes; capped all the same, should that change.
     RowError {
+        table: None,
         id: def.id,
         socket: Some(cap_shown(&def.text)),
         column: None,

@@ -1,14 +1,19 @@
-//! Reading and provisioning the sockets table on SQLite, PostgreSQL and MySQL/MariaDB.
+//! Reading and provisioning the sockets and relays tables on SQLite, PostgreSQL and
+//! MySQL/MariaDB.
 //!
 //! Only the supervisor (and the provisioning commands) ever talk to the database. This module owns
-//! the SQL: the schema (`db init`), the one `SELECT` a load makes, and the few writes of `db add` /
-//! `db rm`. It hands out [`RawRow`]s with the database rule already applied (trailing blanks
-//! stripped, empty = NULL) and never interprets them: that is [`crate::row`]'s job.
+//! the SQL: the schema (`db init`), the one `SELECT` per table a load makes, and the few writes of
+//! `db add` / `db rm` / `db relay add|rm`. It hands out [`RawRow`]s and [`RawRelayRow`]s with the
+//! database rule already applied (trailing blanks stripped, empty = NULL) and never interprets
+//! them: that is [`crate::row`]'s and [`crate::relay`]'s job.
 //!
-//! A load is ONE query for the rows, so a load sees one consistent table. Before the first load on
-//! a connection, and again after any failed load, a cheap look at the catalog (does the table
-//! exist, which columns, is there an `id`) and the `version` table rule run first, so a missing
-//! table or column is reported as such; in the steady state a load is one round trip.
+//! A load is ONE query per table, so a load sees each table consistent ([`Database::load_tables`]
+//! reads both in one call, one round trip each). Before the first load on a connection, and again
+//! after any failed load, a cheap look at the catalog (does the table exist, which columns, is
+//! there an `id`) and the `version` table rule run first, so a missing table or column is reported
+//! as such; in the steady state a load is one round trip per table. A database without the relays
+//! table (made by an older `db init`) reads as having no relays (said once in the log); the
+//! catalog is then looked at at each load, so a relays table created later is read at once.
 //! Errors say which step failed; no error or log line ever shows the password of `db_url`.
 //!
 //! `[sockets_mgm] db_timeout` bounds every connect and every round trip on the client side (a
@@ -28,7 +33,8 @@ mod sqlite_backend;
 pub mod thread;
 pub mod url;
 
-use crate::config::SocketsMgm;
+use crate::config::{Config, SocketsMgm};
+use crate::relay::RawRelayRow;
 use crate::row::{clean, parse_tos, RawRow};
 use std::time::Duration;
 pub use url::Kind;
@@ -36,6 +42,15 @@ use url::{DbUrl, Target, UrlError};
 
 /// The schema version of the sockets table in OpenSIPS' `version` table; the only one read.
 pub const TABLE_VERSION: i64 = 1;
+
+/// The schema version of the relays table in the `version` table; the only one read.
+pub const RELAY_TABLE_VERSION: i64 = 1;
+
+/// The default name of the relays table (`[relay] table_name`).
+pub const DEFAULT_RELAY_TABLE: &str = "relays";
+
+/// The columns of the relays table, in `SELECT` order (fixed names; `id` first).
+pub const RELAY_COLUMNS: [&str; 6] = ["id", "tag", "destination", "socket", "weight", "flags"];
 
 /// A database failure. Every URL in it is redacted and driver messages are scrubbed of the password.
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +91,33 @@ pub enum DbError {
         /// The redacted URL.
         url: String,
     },
+    /// A column of the relays table is missing.
+    #[error(
+        "table {table} in {url} has no column {column} (the relays table has the columns id, \
+         tag, destination, socket, weight, flags: see `sipsockd db init` and scripts/sql/)"
+    )]
+    RelayColumnMissing {
+        /// The table name.
+        table: String,
+        /// The missing column.
+        column: String,
+        /// The redacted URL.
+        url: String,
+    },
     /// The `version` table gives another schema version for the table.
     #[error(
         "table {table} is at version {found} in the version table of {url}; sipsockd reads \
-         version {TABLE_VERSION} (the OpenSIPS sockets schema)"
+         version {wanted} ({schema})"
     )]
     VersionMismatch {
         /// The table name.
         table: String,
         /// The version found.
         found: String,
+        /// The version sipsockd reads.
+        wanted: i64,
+        /// Which schema that is.
+        schema: &'static str,
         /// The redacted URL.
         url: String,
     },
@@ -227,6 +259,10 @@ pub struct InitReport {
     pub created_table: bool,
     /// The table's row in `version` was added (false: it was already there).
     pub created_version_row: bool,
+    /// The relays table was created (false: it was already there).
+    pub created_relay_table: bool,
+    /// The relays table's row in `version` was added (false: it was already there).
+    pub created_relay_version_row: bool,
 }
 
 /// What the catalog says about the sockets table.
@@ -243,8 +279,15 @@ pub struct Database {
     backend: Box<dyn Backend>,
     url: DbUrl,
     names: SocketsMgm,
+    /// `[relay] table_name`.
+    relay_table: String,
     /// What the catalog said on this connection, until a load fails.
     info: Option<TableInfo>,
+    /// Whether the relays table exists, as the catalog said on this connection; `Some(true)` is
+    /// kept until a load fails, `Some(false)` is asked again at each load.
+    relays_exist: Option<bool>,
+    /// "No relays table" was logged, and the table has not been seen since.
+    relays_missing_said: bool,
     /// A load succeeded on this connection: a link failure at the next one means the server
     /// went away in between, worth one reconnect.
     used: bool,
@@ -263,6 +306,8 @@ impl std::fmt::Debug for Database {
 impl Database {
     /// Connect. A SQLite file must already exist (see [`Database::create`] and
     /// [`ensure_sqlite_default`]), so a mistyped path is an error rather than a new empty table.
+    /// The relays table has its default name unless [`Database::with_relay_table`] says
+    /// otherwise (or use [`Database::connect_config`]).
     pub fn connect(cfg: &SocketsMgm) -> Result<Database, DbError> {
         Self::open(cfg, false)
     }
@@ -272,13 +317,47 @@ impl Database {
         Self::open(cfg, true)
     }
 
+    /// [`Database::connect`] with every name of the configuration (`[sockets_mgm]` and
+    /// `[relay] table_name`).
+    pub fn connect_config(cfg: &Config) -> Result<Database, DbError> {
+        Ok(Self::connect(&cfg.sockets_mgm)?.with_relay_table(&cfg.relay.table_name))
+    }
+
+    /// [`Database::create`] with every name of the configuration.
+    pub fn create_config(cfg: &Config) -> Result<Database, DbError> {
+        Ok(Self::create(&cfg.sockets_mgm)?.with_relay_table(&cfg.relay.table_name))
+    }
+
+    /// Use `table` as the relays table (a plain identifier, as `[relay] table_name` is checked to
+    /// be).
+    pub fn with_relay_table(mut self, table: &str) -> Database {
+        if table != self.relay_table {
+            self.relay_table = table.to_string();
+            self.relays_exist = None;
+        }
+        self
+    }
+
+    /// The relays table's name.
+    pub fn relay_table(&self) -> &str {
+        &self.relay_table
+    }
+
+    /// Whether the last load found the relays table (`None` before a load).
+    pub fn relay_table_exists(&self) -> Option<bool> {
+        self.relays_exist
+    }
+
     fn open(cfg: &SocketsMgm, create: bool) -> Result<Database, DbError> {
         let mut db = Database {
             // Replaced at once below; a placeholder needs no I/O.
             backend: Box::new(Closed),
             url: DbUrl::parse(&cfg.db_url)?,
             names: cfg.clone(),
+            relay_table: DEFAULT_RELAY_TABLE.to_string(),
             info: None,
+            relays_exist: None,
+            relays_missing_said: false,
             used: false,
             last_failure: std::cell::Cell::new(None),
         };
@@ -329,6 +408,7 @@ impl Database {
     /// Drop the connection and open a new one (what was learnt about the table goes with it).
     fn reconnect(&mut self) -> Result<(), DbError> {
         self.info = None;
+        self.relays_exist = None;
         self.used = false;
         // The old connection goes first: SQLite's file lock, a server's connection slot.
         self.backend = Box::new(Closed);
@@ -431,14 +511,19 @@ impl Database {
             has_id: find("id").is_some(),
             tos_is_integer: find(&self.names.tos_column).is_some_and(|c| c.integer),
         };
-        self.check_version()?;
+        self.check_version(&table, TABLE_VERSION, "the OpenSIPS sockets schema")?;
         Ok(info)
     }
 
-    /// The `version` rule: when the table has a row there, it must say [`TABLE_VERSION`]. No
-    /// `version` table, or one without a row for this table, is fine (a hand-made table).
-    fn check_version(&mut self) -> Result<(), DbError> {
-        let table = self.names.table_name.clone();
+    /// The `version` rule: when `table` has a row there, it must say `wanted`. No `version`
+    /// table, or one without a row for this table, is fine (a hand-made table).
+    fn check_version(
+        &mut self,
+        table: &str,
+        wanted: i64,
+        schema: &'static str,
+    ) -> Result<(), DbError> {
+        let table = table.to_string();
         let what = "reading table version";
         let Some(cols) = self
             .backend
@@ -465,10 +550,12 @@ impl Database {
             .map_err(|e| self.query_error(what, e))?;
         for row in rows {
             let v = clean(row.into_iter().next().flatten());
-            if v.as_deref().and_then(|v| v.parse::<i64>().ok()) != Some(TABLE_VERSION) {
+            if v.as_deref().and_then(|v| v.parse::<i64>().ok()) != Some(wanted) {
                 return Err(DbError::VersionMismatch {
                     table,
                     found: v.unwrap_or_else(|| "NULL".into()),
+                    wanted,
+                    schema,
                     url: self.url().to_string(),
                 });
             }
@@ -484,17 +571,43 @@ impl Database {
     /// this load) is reopened once, at once. Rows come in `id` order when there is an `id`, every
     /// value cleaned by [`clean`].
     pub fn load_rows(&mut self) -> Result<Vec<RawRow>, DbError> {
+        self.load(Self::load_once)
+    }
+
+    /// Read the sockets table and the relays table in one go, as [`Database::load_rows`] reads the
+    /// first (one query per table, the same reconnect rule, every call bounded by `db_timeout`).
+    /// A relays table that does not exist reads as no relay rows, and is said once in the log
+    /// (at info) until it is seen again; any other failure of either table fails the load.
+    /// Relay rows come in `id` order, every value cleaned.
+    pub fn load_tables(&mut self) -> Result<(Vec<RawRow>, Vec<RawRelayRow>), DbError> {
+        self.load(|db| {
+            let sockets = db.load_once()?;
+            let relays = db.load_relays_once()?.unwrap_or_default();
+            Ok((sockets, relays))
+        })
+    }
+
+    /// Read the relays table alone; `None` when it does not exist.
+    pub fn load_relays(&mut self) -> Result<Option<Vec<RawRelayRow>>, DbError> {
+        self.load(Self::load_relays_once)
+    }
+
+    /// Run one load (`once`) with the connection rules of [`Database::load_rows`].
+    fn load<T>(
+        &mut self,
+        once: impl Fn(&mut Database) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
         if self.backend.stale() {
             log::info!("reopening {}", self.url);
             self.reconnect()?;
         }
         let reused = self.used;
         self.last_failure.set(None);
-        let rows = match self.load_once() {
+        let rows = match once(self) {
             Err(lost) if reused && self.last_failure.get() == Some(FailKind::Link) => {
                 log::info!("{lost}; reconnecting");
                 match self.reconnect() {
-                    Ok(()) => self.load_once(),
+                    Ok(()) => once(self),
                     // Say both: the server went away, and is not back.
                     Err(DbError::Connect { url, reason }) => Err(DbError::Connect {
                         url,
@@ -512,9 +625,98 @@ impl Database {
             }
             Err(e) => {
                 self.info = None;
+                self.relays_exist = None;
                 Err(e)
             }
         }
+    }
+
+    /// Look at the relays table in the catalog: `false` when it does not exist; an error when a
+    /// column is missing or its `version` row says another version.
+    fn examine_relays(&mut self) -> Result<bool, DbError> {
+        let table = self.relay_table.clone();
+        let found = self
+            .backend
+            .columns(&table)
+            .map_err(|e| self.query_error(&format!("reading the columns of table {table}"), e))?;
+        let Some(found) = found else {
+            self.relays_exist = Some(false);
+            if !self.relays_missing_said {
+                self.relays_missing_said = true;
+                log::info!(
+                    "table {table} does not exist in {}: no relays (create it with `sipsockd db \
+                     init`)",
+                    self.url
+                );
+            }
+            return Ok(false);
+        };
+        for column in RELAY_COLUMNS {
+            if !found.iter().any(|c| c.name.eq_ignore_ascii_case(column)) {
+                return Err(DbError::RelayColumnMissing {
+                    table,
+                    column: column.to_string(),
+                    url: self.url().to_string(),
+                });
+            }
+        }
+        self.check_version(&table, RELAY_TABLE_VERSION, "sipsockd's relays schema")?;
+        self.relays_exist = Some(true);
+        self.relays_missing_said = false;
+        Ok(true)
+    }
+
+    /// The relays part of a load: the one query when the table is known to exist, else the
+    /// catalog look first. `None` when the table does not exist.
+    fn load_relays_once(&mut self) -> Result<Option<Vec<RawRelayRow>>, DbError> {
+        let what = format!("reading table {}", self.relay_table);
+        if self.relays_exist == Some(true) {
+            match self.select_relays() {
+                Ok(rows) => return Ok(Some(rows)),
+                // Changed since we looked: look again, as for the sockets table.
+                Err(f) if f.kind == FailKind::Statement => {
+                    log::debug!(
+                        "reading table {} failed ({}); looking again",
+                        self.relay_table,
+                        self.url.scrub(f.message)
+                    );
+                }
+                Err(f) => return Err(self.query_error(&what, f)),
+            }
+        }
+        if !self.examine_relays()? {
+            return Ok(None);
+        }
+        self.select_relays()
+            .map(Some)
+            .map_err(|f| self.query_error(&what, f))
+    }
+
+    /// The one query of the relays table.
+    fn select_relays(&mut self) -> Result<Vec<RawRelayRow>, Failure> {
+        let columns: Vec<String> = RELAY_COLUMNS.iter().map(|c| self.ident(c)).collect();
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}",
+            columns.join(", "),
+            self.ident(&self.relay_table),
+            self.ident("id")
+        );
+        let rows = self.backend.query(&sql, &[])?;
+        Ok(rows
+            .into_iter()
+            .map(|cells| {
+                let mut it = cells.into_iter();
+                let mut next = || clean(it.next().flatten());
+                RawRelayRow {
+                    id: next().and_then(|v| v.parse::<i64>().ok()),
+                    tag: next(),
+                    destination: next(),
+                    socket: next(),
+                    weight: next(),
+                    flags: next(),
+                }
+            })
+            .collect())
     }
 
     fn load_once(&mut self) -> Result<Vec<RawRow>, DbError> {
@@ -578,35 +780,52 @@ impl Database {
     /// Idempotent; an existing table at another version is an error.
     pub fn init(&mut self) -> Result<InitReport, DbError> {
         let table = self.names.table_name.clone();
-        let what = format!("creating table {table}");
-        let existed = self
-            .backend
-            .columns(&table)
-            .map_err(|e| self.query_error(&what, e))?
-            .is_some();
-        let ddl = schema(self.kind(), &self.names);
+        let relays = self.relay_table.clone();
+        let what = format!("creating tables {table} and {relays}");
+        let exists = |db: &mut Database, t: &str| {
+            db.backend
+                .columns(t)
+                .map(|c| c.is_some())
+                .map_err(|e| db.query_error(&what, e))
+        };
+        let existed = exists(self, &table)?;
+        let relays_existed = exists(self, &relays)?;
+        let ddl = schema(self.kind(), &self.names, &relays);
         self.backend
             .batch(&ddl)
             .map_err(|e| self.query_error(&what, e))?;
-        let sql =
-            format!(
-            "INSERT INTO {v} ({n}, {tv}) SELECT '{table}', {TABLE_VERSION}{dual} WHERE NOT EXISTS \
+        let added = self.add_version_row(&table, TABLE_VERSION)?;
+        let relays_added = self.add_version_row(&relays, RELAY_TABLE_VERSION)?;
+        // Checks the columns and the version of tables that were already there.
+        self.table_info()?;
+        self.relays_exist = None;
+        self.examine_relays()?;
+        Ok(InitReport {
+            created_table: !existed,
+            created_version_row: added,
+            created_relay_table: !relays_existed,
+            created_relay_version_row: relays_added,
+        })
+    }
+
+    /// Add `table`'s row to `version` unless it has one; true when added.
+    fn add_version_row(&mut self, table: &str, version: i64) -> Result<bool, DbError> {
+        let sql = format!(
+            "INSERT INTO {v} ({n}, {tv}) SELECT '{table}', {version}{dual} WHERE NOT EXISTS \
              (SELECT 1 FROM {v} WHERE {n} = '{table}')",
             v = self.ident("version"),
             n = self.ident("table_name"),
             tv = self.ident("table_version"),
-            dual = if self.kind() == Kind::Mysql { " FROM DUAL" } else { "" },
+            dual = if self.kind() == Kind::Mysql {
+                " FROM DUAL"
+            } else {
+                ""
+            },
         );
-        let added = self
-            .backend
+        self.backend
             .execute(&sql, &[])
-            .map_err(|e| self.query_error("adding the version row", e))?;
-        // Checks the columns and the version of a table that was already there.
-        self.table_info()?;
-        Ok(InitReport {
-            created_table: !existed,
-            created_version_row: added > 0,
-        })
+            .map(|n| n > 0)
+            .map_err(|e| self.query_error("adding the version row", e))
     }
 
     /// Insert one row as given (cleaned; the caller validates it first). A `tos` column of an
@@ -657,6 +876,74 @@ impl Database {
             .map_err(|e| self.query_error("deleting a row", e))
     }
 
+    /// Insert one relay row as given (cleaned; the caller validates it first; a NULL weight is
+    /// stored as 1). Returns the new `id`.
+    pub fn insert_relay(&mut self, row: &RawRelayRow) -> Result<i64, DbError> {
+        let what = format!("inserting a row into {}", self.relay_table);
+        if !self.examine_relays()? {
+            return Err(DbError::TableMissing {
+                table: self.relay_table.clone(),
+                url: self.url().to_string(),
+            });
+        }
+        let row = row.normalized();
+        let weight = match &row.weight {
+            None => Param::Int(1),
+            Some(w) => match w.parse::<i64>() {
+                Ok(w) => Param::Int(w),
+                Err(_) => Param::Text(Some(w.clone())),
+            },
+        };
+        let params = [
+            Param::Text(row.tag.clone()),
+            Param::Text(row.destination.clone()),
+            Param::Text(row.socket.clone()),
+            weight,
+            Param::Text(row.flags.clone()),
+        ];
+        let columns: Vec<String> = RELAY_COLUMNS[1..].iter().map(|c| self.ident(c)).collect();
+        let marks: Vec<String> = (1..=params.len()).map(|i| self.placeholder(i)).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.ident(&self.relay_table),
+            columns.join(", "),
+            marks.join(", ")
+        );
+        if self.kind() == Kind::Postgres {
+            sql.push_str(" RETURNING id");
+        }
+        let id = self
+            .backend
+            .insert(&sql, &params, true)
+            .map_err(|e| self.query_error(&what, e))?;
+        id.ok_or_else(|| {
+            self.query_error(
+                &what,
+                Failure::statement("the new row's id was not returned".into()),
+            )
+        })
+    }
+
+    /// Delete the relay row with this `id`; returns how many rows went (0 or 1). A missing relays
+    /// table is [`DbError::TableMissing`].
+    pub fn delete_relay(&mut self, id: i64) -> Result<u64, DbError> {
+        if !self.examine_relays()? {
+            return Err(DbError::TableMissing {
+                table: self.relay_table.clone(),
+                url: self.url().to_string(),
+            });
+        }
+        let sql = format!(
+            "DELETE FROM {} WHERE {} = {}",
+            self.ident(&self.relay_table),
+            self.ident("id"),
+            self.placeholder(1)
+        );
+        self.backend
+            .execute(&sql, &[Param::Int(id)])
+            .map_err(|e| self.query_error(&format!("deleting a row of {}", self.relay_table), e))
+    }
+
     /// Delete the rows whose socket text is `socket` (trailing blanks ignored); returns how many.
     pub fn delete_by_socket(&mut self, socket: &str) -> Result<u64, DbError> {
         let sql = format!(
@@ -697,9 +984,19 @@ impl Backend for Closed {
     }
 }
 
-/// When `db_url` is a SQLite file that does not exist, create it with the empty table (so a fresh
-/// machine can run the default configuration). True when the file was created.
+/// When `db_url` is a SQLite file that does not exist, create it with the empty tables (so a
+/// fresh machine can run the default configuration); the relays table with its default name (see
+/// [`ensure_sqlite_tables`]). True when the file was created.
 pub fn ensure_sqlite_default(cfg: &SocketsMgm) -> Result<bool, DbError> {
+    ensure_sqlite(cfg, DEFAULT_RELAY_TABLE)
+}
+
+/// [`ensure_sqlite_default`] with every name of the configuration.
+pub fn ensure_sqlite_tables(cfg: &Config) -> Result<bool, DbError> {
+    ensure_sqlite(&cfg.sockets_mgm, &cfg.relay.table_name)
+}
+
+fn ensure_sqlite(cfg: &SocketsMgm, relay_table: &str) -> Result<bool, DbError> {
     let url = DbUrl::parse(&cfg.db_url)?;
     let Target::Sqlite(path) = url.target() else {
         return Ok(false);
@@ -707,13 +1004,15 @@ pub fn ensure_sqlite_default(cfg: &SocketsMgm) -> Result<bool, DbError> {
     if path.exists() {
         return Ok(false);
     }
-    Database::create(cfg)?.init()?;
+    Database::create(cfg)?
+        .with_relay_table(relay_table)
+        .init()?;
     Ok(true)
 }
 
 /// The DDL of `db init` for a dialect, with the configured names (the `scripts/sql/*.sql` files are
-/// the same with the default names).
-fn schema(kind: Kind, n: &SocketsMgm) -> Vec<String> {
+/// the same with the default names): the version table, the sockets table, the relays table.
+fn schema(kind: Kind, n: &SocketsMgm, relays: &str) -> Vec<String> {
     let (version, sockets) = match kind {
         Kind::Sqlite => (
             "CREATE TABLE IF NOT EXISTS version (\n    table_name CHAR(32) NOT NULL,\n    \
@@ -771,7 +1070,28 @@ fn schema(kind: Kind, n: &SocketsMgm) -> Vec<String> {
             ),
         ),
     };
-    vec![version, sockets]
+    let relays = match kind {
+        Kind::Sqlite => format!(
+            "CREATE TABLE IF NOT EXISTS {relays} (\n    \
+             id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,\n    tag CHAR(128) NOT NULL,\n    \
+             destination CHAR(255) NOT NULL,\n    socket CHAR(128) DEFAULT NULL,\n    \
+             weight INTEGER DEFAULT 1 NOT NULL,\n    flags CHAR(64) DEFAULT NULL\n)"
+        ),
+        Kind::Postgres => format!(
+            "CREATE TABLE IF NOT EXISTS {relays} (\n    id SERIAL PRIMARY KEY NOT NULL,\n    \
+             tag CHAR(128) NOT NULL,\n    destination CHAR(255) NOT NULL,\n    \
+             socket CHAR(128) DEFAULT NULL,\n    weight INTEGER DEFAULT 1 NOT NULL,\n    \
+             flags CHAR(64) DEFAULT NULL\n)"
+        ),
+        Kind::Mysql => format!(
+            "CREATE TABLE IF NOT EXISTS `{relays}` (\n    \
+             `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,\n    \
+             `tag` CHAR(128) NOT NULL,\n    `destination` CHAR(255) NOT NULL,\n    \
+             `socket` CHAR(128) DEFAULT NULL,\n    `weight` INT DEFAULT 1 NOT NULL,\n    \
+             `flags` CHAR(64) DEFAULT NULL\n) ENGINE=InnoDB"
+        ),
+    };
+    vec![version, sockets, relays]
 }
 
 /// An error and its sources on one line: some drivers keep the useful part ("Connection refused")

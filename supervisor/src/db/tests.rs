@@ -2,6 +2,7 @@
 //! `tests/db_cli.rs` through the binary.
 
 use super::*;
+use crate::relay::RawRelayRow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -69,7 +70,9 @@ fn init_is_idempotent_and_rows_round_trip() {
         db.init().unwrap(),
         InitReport {
             created_table: false,
-            created_version_row: false
+            created_version_row: false,
+            created_relay_table: false,
+            created_relay_version_row: false,
         }
     );
     assert!(db.load_rows().unwrap().is_empty());
@@ -223,13 +226,20 @@ fn the_shipped_scripts_match_the_init_schema() {
         ("mysql.sql", Kind::Mysql),
     ] {
         let script = std::fs::read_to_string(root.join(file)).unwrap();
-        for statement in schema(kind, &names) {
+        for statement in schema(kind, &names, DEFAULT_RELAY_TABLE) {
             assert!(
                 script.contains(&format!("{statement};")),
                 "{file} lacks:\n{statement}"
             );
         }
-        assert!(script.contains("INSERT INTO"), "{file}: version row");
+        assert!(
+            script.contains("SELECT 'sockets', 1"),
+            "{file}: version row"
+        );
+        assert!(
+            script.contains("SELECT 'relays', 1"),
+            "{file}: relays version row"
+        );
     }
 }
 
@@ -374,4 +384,157 @@ fn a_server_that_never_answers_the_connection_times_out() {
         assert!(text.contains("connection timed out after 0.3 s"), "{text}");
         assert!(!text.contains("secret"), "{text}");
     }
+}
+
+fn relay(tag: &str, destination: &str) -> RawRelayRow {
+    RawRelayRow {
+        tag: Some(tag.into()),
+        destination: Some(destination.into()),
+        ..RawRelayRow::default()
+    }
+}
+
+#[test]
+fn both_tables_load_in_one_call_and_relay_rows_round_trip() {
+    let dir = Scratch::new("relays");
+    let cfg = dir.cfg();
+    assert!(ensure_sqlite_default(&cfg).unwrap());
+    let mut db = Database::connect(&cfg).unwrap();
+    assert_eq!(db.relay_table_exists(), None);
+    assert_eq!(db.load_tables().unwrap(), (vec![], vec![]));
+    assert_eq!(db.relay_table_exists(), Some(true));
+    db.insert(&row("udp:127.0.0.1:5070")).unwrap();
+    let full = RawRelayRow {
+        id: None,
+        tag: Some("a".into()),
+        destination: Some("sips:core.example  ".into()),
+        socket: Some("tls:127.0.0.1".into()),
+        weight: Some("7".into()),
+        flags: Some("insecure".into()),
+    };
+    assert_eq!(db.insert_relay(&full).unwrap(), 1);
+    assert_eq!(db.insert_relay(&relay("b", "sip:192.0.2.1")).unwrap(), 2);
+    let (sockets, relays) = db.load_tables().unwrap();
+    assert_eq!(sockets.len(), 1);
+    assert_eq!(
+        relays,
+        vec![
+            RawRelayRow {
+                id: Some(1),
+                destination: Some("sips:core.example".into()),
+                ..full
+            },
+            RawRelayRow {
+                id: Some(2),
+                // The schema's default.
+                weight: Some("1".into()),
+                ..relay("b", "sip:192.0.2.1")
+            },
+        ]
+    );
+    assert_eq!(db.load_relays().unwrap().unwrap().len(), 2);
+    assert_eq!(db.delete_relay(1).unwrap(), 1);
+    assert_eq!(db.delete_relay(1).unwrap(), 0);
+    assert_eq!(db.load_tables().unwrap().1.len(), 1);
+}
+
+#[test]
+fn a_database_without_the_relays_table_has_no_relays_until_it_is_created() {
+    let dir = Scratch::new("no_relays");
+    // What an older `db init` made: the sockets and version tables only.
+    dir.sql(
+        "CREATE TABLE sockets (id INTEGER PRIMARY KEY, socket TEXT NOT NULL, advertised TEXT, \
+         tag TEXT, flags TEXT, tos TEXT);
+         INSERT INTO sockets (socket) VALUES ('udp:127.0.0.1:5070');",
+    );
+    let mut db = Database::connect(&dir.cfg()).unwrap();
+    for _ in 0..2 {
+        let (sockets, relays) = db.load_tables().unwrap();
+        assert_eq!((sockets.len(), relays.len()), (1, 0));
+        assert_eq!(db.relay_table_exists(), Some(false));
+    }
+    assert_eq!(db.load_relays().unwrap(), None);
+    let e = db.insert_relay(&relay("a", "sip:192.0.2.1")).unwrap_err();
+    assert!(matches!(e, DbError::TableMissing { .. }), "{e}");
+    assert!(e.to_string().contains("table relays does not exist"), "{e}");
+    assert!(matches!(
+        db.delete_relay(1),
+        Err(DbError::TableMissing { .. })
+    ));
+    // Created behind the connection's back: read at the next load.
+    let report = db.init().unwrap();
+    assert!(!report.created_table && report.created_relay_table);
+    assert!(report.created_version_row && report.created_relay_version_row);
+    dir.sql("INSERT INTO relays (tag, destination) VALUES ('a', 'sip:192.0.2.1')");
+    let (_, relays) = db.load_tables().unwrap();
+    assert_eq!(relays.len(), 1);
+    assert_eq!(db.relay_table_exists(), Some(true));
+}
+
+#[test]
+fn a_relays_table_with_a_missing_column_or_another_version_is_a_load_error() {
+    let dir = Scratch::new("bad_relays");
+    let cfg = dir.cfg();
+    ensure_sqlite_default(&cfg).unwrap();
+    let mut db = Database::connect(&cfg).unwrap();
+    db.load_tables().unwrap();
+    dir.sql("ALTER TABLE relays DROP COLUMN weight");
+    let e = db.load_tables().unwrap_err();
+    assert!(
+        matches!(&e, DbError::RelayColumnMissing { column, .. } if column == "weight"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("table relays in sqlite://"), "{e}");
+    // A column that was never there (a hand-made table).
+    dir.sql(
+        "DROP TABLE relays;
+         CREATE TABLE relays (tag TEXT, destination TEXT, socket TEXT, weight INTEGER, flags TEXT)",
+    );
+    let e = db.load_tables().unwrap_err();
+    assert!(
+        matches!(&e, DbError::RelayColumnMissing { column, .. } if column == "id"),
+        "{e}"
+    );
+    dir.sql(
+        "DROP TABLE relays;
+         UPDATE version SET table_version = 2 WHERE table_name = 'relays'",
+    );
+    db.init().unwrap_err();
+    let e = db.load_tables().unwrap_err();
+    assert!(
+        matches!(e, DbError::VersionMismatch { wanted: 1, .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("table relays is at version 2 in the version table"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("sipsockd's relays schema"), "{e}");
+    dir.sql("UPDATE version SET table_version = 1 WHERE table_name = 'relays'");
+    assert_eq!(db.load_tables().unwrap().1.len(), 0);
+}
+
+#[test]
+fn the_configured_relay_table_name_is_used_everywhere() {
+    let dir = Scratch::new("relay_names");
+    let config = crate::config::Config {
+        sockets_mgm: dir.cfg(),
+        relay: crate::config::Relay {
+            table_name: "upstreams".into(),
+            ..crate::config::Relay::default()
+        },
+        ..crate::config::Config::default()
+    };
+    assert!(ensure_sqlite_tables(&config).unwrap());
+    let mut db = Database::connect_config(&config).unwrap();
+    assert_eq!(db.relay_table(), "upstreams");
+    assert_eq!(db.insert_relay(&relay("a", "sip:192.0.2.1")).unwrap(), 1);
+    assert_eq!(db.load_tables().unwrap().1.len(), 1);
+    // The default name does not exist in that file: no relays there.
+    let mut other = Database::connect(&dir.cfg()).unwrap();
+    assert_eq!(other.load_tables().unwrap().1.len(), 0);
+    assert_eq!(other.relay_table_exists(), Some(false));
+    let created = Database::create_config(&config).unwrap().init().unwrap();
+    assert!(!created.created_relay_table);
 }

@@ -1,9 +1,10 @@
 //! The route table: everything a worker needs to relay, built by the supervisor from the
 //! validated sockets and relays tables at each reload and handed to every worker whole.
 //!
-//! It is plain data (serde), checked by the supervisor before it is sent: every `out_slot` names
-//! a socket of the table, every destination's transport is one of `udp`, `tcp`, `tls`. A worker
-//! still never trusts it blindly: a slot it does not know is a 503, not a panic.
+//! It is plain data (serde), built by the supervisor (`supervisor::relay::route_table`) from
+//! validated tables: every destination's transport is one of `udp`, `tcp`, `tls`, and every
+//! `out_slot` is the slot of a row of the sockets table, which is in `sockets` unless its bind
+//! failed. A worker never trusts it blindly: a slot it does not know is a 503, not a panic.
 
 use serde::{Deserialize, Serialize};
 use shm::Proto;
@@ -69,7 +70,8 @@ pub struct Destination {
     pub host: String,
     /// Weight in the rendezvous hashing, at least 1.
     pub weight: u32,
-    /// The socket to send from (the row's `socket`), by slot; `None`: chosen per request.
+    /// The socket to send from (the row's `socket`), by slot; `None`: chosen per request. A slot
+    /// absent from [`RouteTable::sockets`] (its bind failed) answers 503 until a reload binds it.
     pub out_slot: Option<u32>,
     /// TLS without certificate verification (row flag `insecure`, lab use only).
     pub insecure: bool,
