@@ -149,7 +149,7 @@ pub trait Flows {
     fn alive(&self, flow: Flow) -> bool;
 }
 
-impl<F: Fn(Flow) -> bool> Flows for F {
+impl<F: Fn(Flow) -> bool + ?Sized> Flows for F {
     fn alive(&self, flow: Flow) -> bool {
         self(flow)
     }

@@ -188,7 +188,7 @@ pub(super) fn handle(
         let Some(tag) = tag.and_then(|t| relay.tags.get(t)) else {
             return relay.respond(m, arrival, out);
         };
-        if relay.from_destination(tag, arrival) {
+        if relay.sent_by_destination(tag, arrival) {
             (next_uri().map(Target::Uri), arrival_sock, None)
         } else {
             let chosen = match remaining.first() {
@@ -508,7 +508,7 @@ fn name_socket(
 impl Relay {
     /// The request came from one of the tag's destinations: UDP from its address and port, a
     /// stream from its address, or over the outbound connection to it.
-    fn from_destination(&self, tag: &super::Tag, arrival: &Arrival<'_>) -> bool {
+    fn sent_by_destination(&self, tag: &super::Tag, arrival: &Arrival<'_>) -> bool {
         let ip = arrival.source.ip().to_canonical();
         tag.dests
             .iter()

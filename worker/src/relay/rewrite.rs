@@ -110,9 +110,17 @@ pub(super) fn request_rest(out: &mut Vec<u8>, m: &Message<'_>, edits: &Edits) {
         }
         if let (MaxForwards::Replace(n), Some(start)) = (edits.max_forwards, mf_line) {
             if line.name.start == start {
-                copy_range(out, m, line.name.start, line.value.start);
-                handler::put_u32(out, n);
-                copy_range(out, m, line.value.end, line.end);
+                if line.value.is_empty() {
+                    // No value to splice around (its span sits at the line end): a new line.
+                    copy(out, m, line.name);
+                    out.extend_from_slice(b": ");
+                    handler::put_u32(out, n);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    copy_range(out, m, line.name.start, line.value.start);
+                    handler::put_u32(out, n);
+                    copy_range(out, m, line.value.end, line.end);
+                }
                 continue;
             }
         }

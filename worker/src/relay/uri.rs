@@ -203,7 +203,9 @@ mod tests {
         std::str::from_utf8(&buf[s.range()]).unwrap()
     }
 
-    fn uri(s: &str) -> Option<(bool, bool, String, Option<u16>, Option<UriTransport>)> {
+    type Parts = (bool, bool, String, Option<u16>, Option<UriTransport>);
+
+    fn uri(s: &str) -> Option<Parts> {
         let u = parse_uri(s.as_bytes(), Span::new(0, s.len()))?;
         Some((
             u.secure,
