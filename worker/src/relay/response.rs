@@ -68,11 +68,8 @@ fn our_via(relay: &Relay, m: &Message<'_>, via: &Via, call_id: &[u8]) -> Option<
     if !relay.via_is_ours(m, via) {
         return None;
     }
-    let (param, _) = m
-        .params(via.params)
-        .find(|(_, name)| m.bytes(*name).eq_ignore_ascii_case(b"sk"))?;
     match Token::read(
-        m.bytes(param.value?),
+        token_of(m, via)?,
         &relay.key,
         Binding {
             hostport: b"",
@@ -82,6 +79,27 @@ fn our_via(relay: &Relay, m: &Message<'_>, via: &Via, call_id: &[u8]) -> Option<
         Token::Via { slot, back } => Some((slot, back)),
         _ => None,
     }
+}
+
+/// The `sk` parameter's value: where sipsockd writes it (right after the branch), else found by
+/// walking the parameters (a peer may have reordered them).
+fn token_of<'a>(m: &Message<'a>, via: &Via) -> Option<&'a [u8]> {
+    let branch = via.branch?;
+    let rest = m.bytes(Span {
+        start: branch.span.end,
+        end: via.value.end,
+    });
+    if let Some(after) = rest.strip_prefix(b";sk=") {
+        let len = after
+            .iter()
+            .position(|b| matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n'))
+            .unwrap_or(after.len());
+        return after.get(..len);
+    }
+    let (param, _) = m
+        .params(via.params)
+        .find(|(_, name)| m.bytes(*name).eq_ignore_ascii_case(b"sk"))?;
+    Some(m.bytes(param.value?))
 }
 
 /// Where a response goes after sipsockd's Via is removed (RFC 3261 §18.2.2, RFC 3581 §4): the

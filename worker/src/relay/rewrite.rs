@@ -71,6 +71,9 @@ pub(super) fn request_rest(out: &mut Vec<u8>, m: &Message<'_>, edits: &Edits) {
     let top_via = m.vias().first();
     let mf_line = m.first(HeaderKind::MaxForwards).map(|l| l.name.start);
     let dropped = |j: usize| j < edits.drop_top || edits.drop_also == Some(j);
+    // Unchanged lines are copied in runs: `from` is where the current run started.
+    let head_end = u32::try_from(m.head_end()).unwrap_or(u32::MAX);
+    let mut from = lines.first().map_or(head_end, |l| l.name.start);
     let mut r = 0;
     for (i, line) in lines.iter().enumerate() {
         if line.kind == HeaderKind::Route {
@@ -79,9 +82,10 @@ pub(super) fn request_rest(out: &mut Vec<u8>, m: &Message<'_>, edits: &Edits) {
                 r += 1;
             }
             if !(first..r).any(dropped) {
-                copy(out, m, line.span());
                 continue;
             }
+            copy_range(out, m, from, line.name.start);
+            from = line.end;
             let mut kept = (first..r)
                 .filter(|j| !dropped(*j))
                 .filter_map(|j| routes.get(j))
@@ -102,70 +106,70 @@ pub(super) fn request_rest(out: &mut Vec<u8>, m: &Message<'_>, edits: &Edits) {
         }
         if let (Some(top), Some(sender)) = (top_via, edits.sender) {
             if usize::from(top.line) == i {
-                copy_range(out, m, line.name.start, top.value.start);
+                copy_range(out, m, from, top.value.start);
                 put_sender_via(out, m, top, sender);
-                copy_range(out, m, top.value.end, line.end);
+                from = top.value.end;
                 continue;
             }
         }
         if let (MaxForwards::Replace(n), Some(start)) = (edits.max_forwards, mf_line) {
             if line.name.start == start {
+                copy_range(out, m, from, line.name.start);
                 if line.value.is_empty() {
                     // No value to splice around (its span sits at the line end): a new line.
                     copy(out, m, line.name);
                     out.extend_from_slice(b": ");
                     handler::put_u32(out, n);
                     out.extend_from_slice(b"\r\n");
+                    from = line.end;
                 } else {
                     copy_range(out, m, line.name.start, line.value.start);
                     handler::put_u32(out, n);
-                    copy_range(out, m, line.value.end, line.end);
+                    from = line.value.end;
                 }
                 continue;
             }
         }
-        copy(out, m, line.span());
     }
-    finish(out, m, edits.content_length);
+    finish(out, m, from, edits.content_length);
 }
 
 /// The header lines and body of a forwarded response: the top Via value removed.
 pub(super) fn response_rest(out: &mut Vec<u8>, m: &Message<'_>, content_length: bool) {
     let vias = m.vias();
-    let top = vias.first();
-    for (i, line) in m.lines().iter().enumerate() {
-        match top {
-            Some(top) if usize::from(top.line) == i => {
-                if alone_in_line(vias, 0) {
-                    continue;
-                }
-                // The top Via is the first value of its line: keep the name, skip to the next.
-                if let Some(next) = vias.get(1) {
-                    copy_range(out, m, line.name.start, top.value.start);
-                    copy_range(out, m, next.value.start, line.end);
-                }
-            }
-            _ => copy(out, m, line.span()),
+    let lines = m.lines();
+    let head_end = u32::try_from(m.head_end()).unwrap_or(u32::MAX);
+    let mut from = lines.first().map_or(head_end, |l| l.name.start);
+    if let Some((top, line)) = vias
+        .first()
+        .and_then(|top| Some((top, lines.get(usize::from(top.line))?)))
+    {
+        if alone_in_line(vias, 0) {
+            copy_range(out, m, from, line.name.start);
+            from = line.end;
+        } else if let Some(next) = vias.get(1) {
+            // The top Via is the first value of its line: keep the name, skip to the next value.
+            copy_range(out, m, from, top.value.start);
+            from = next.value.start;
         }
     }
-    finish(out, m, content_length);
+    finish(out, m, from, content_length);
 }
 
-/// `Content-Length` when asked and absent, the empty line, the body.
-fn finish(out: &mut Vec<u8>, m: &Message<'_>, content_length: bool) {
+/// From `from` to the end of the body, with `Content-Length` added when asked and absent.
+fn finish(out: &mut Vec<u8>, m: &Message<'_>, from: u32, content_length: bool) {
+    let end = m.body_span().end;
     if content_length && m.content_length().is_none() {
+        let head_end = u32::try_from(m.head_end()).unwrap_or(u32::MAX);
+        copy_range(out, m, from, head_end);
         out.extend_from_slice(b"Content-Length: ");
         let len = u32::try_from(m.body_span().len()).unwrap_or(u32::MAX);
         handler::put_u32(out, len);
         out.extend_from_slice(b"\r\n");
+        copy_range(out, m, head_end, end);
+    } else {
+        copy_range(out, m, from, end);
     }
-    copy_range(
-        out,
-        m,
-        u32::try_from(m.head_end()).unwrap_or(u32::MAX),
-        u32::try_from(m.body_start()).unwrap_or(u32::MAX),
-    );
-    copy(out, m, m.body_span());
 }
 
 /// The sender's Via value: an existing `received` dropped, a valueless `rport` filled, `rport`

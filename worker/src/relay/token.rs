@@ -363,20 +363,22 @@ fn base32_char(n: u64) -> u8 {
     BASE32.get((n & 31) as usize).copied().unwrap_or(b'a')
 }
 
-/// Write `bytes` in base32 (lower case, no padding).
+/// Write `bytes` in base32 (lower case, no padding): five bytes give eight characters, written
+/// to the stack and appended at once.
 pub(crate) fn put_base32(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut acc: u64 = 0;
-    let mut bits = 0u32;
-    for b in bytes {
-        acc = (acc << 8) | u64::from(*b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(base32_char(acc >> bits));
+    let mut text = [0u8; 8];
+    let mut chunks = bytes.chunks(5);
+    for chunk in &mut chunks {
+        let mut group = [0u8; 8];
+        for (g, b) in group.iter_mut().skip(3).zip(chunk) {
+            *g = *b;
         }
-    }
-    if bits > 0 {
-        out.push(base32_char(acc << (5 - bits)));
+        let bits = u64::from_be_bytes(group);
+        for (i, c) in text.iter_mut().enumerate() {
+            *c = base32_char(bits >> (35 - 5 * i));
+        }
+        let used = (chunk.len() * 8).div_ceil(5);
+        out.extend_from_slice(text.get(..used).unwrap_or_default());
     }
 }
 
@@ -396,6 +398,25 @@ pub(crate) fn hash_text(h: u64) -> [u8; HASH_CHARS] {
     text
 }
 
+/// Base32 values of the bytes (`0xff`: not base32), either case.
+// Indexing in a const block is checked at compile time.
+#[allow(clippy::indexing_slicing)]
+const DECODE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 26 {
+        t[b'a' as usize + i] = i as u8;
+        t[b'A' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 6 {
+        t[b'2' as usize + d] = 26 + d as u8;
+        d += 1;
+    }
+    t
+};
+
 /// Decode base32 text (either case) into `out`; its number of bytes, `None` when a character is
 /// not base32, the text does not fit, or the unused low bits are not zero.
 fn decode_base32(text: &[u8], out: &mut [u8]) -> Option<usize> {
@@ -403,12 +424,10 @@ fn decode_base32(text: &[u8], out: &mut [u8]) -> Option<usize> {
     let mut bits = 0u32;
     let mut len = 0;
     for c in text {
-        let v = match c {
-            b'a'..=b'z' => c - b'a',
-            b'A'..=b'Z' => c - b'A',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => return None,
-        };
+        let v = DECODE.get(usize::from(*c)).copied().unwrap_or(0xff);
+        if v == 0xff {
+            return None;
+        }
         acc = (acc << 5) | u64::from(v);
         bits += 5;
         if bits >= 8 {
