@@ -1163,3 +1163,61 @@ fn malformed_requests_are_dropped_and_keepalives_ignored() {
         assert!(out.is_empty());
     }
 }
+
+#[test]
+fn our_route_is_taken_out_of_a_shared_line_and_the_next_route_is_the_target() {
+    let w = world();
+    let d = dialog(&w);
+    let msg = bye_from_alice(&format!("{}, <sip:192.0.2.99;lr>", d.rr[0]), CALL_ID).replace(
+        "Max-Forwards: 70\r\n",
+        "Max-Forwards: 70\r\nRoute: <sip:192.0.2.98;lr>\r\n",
+    );
+    let (action, out) = w.handle(&msg, udp(A_UDP, PHONE_A));
+    assert_eq!(forward(action).next, Next::Udp(addr("192.0.2.99:5060")));
+    let r = read(&out);
+    assert_eq!(r.routes, ["<sip:192.0.2.99;lr>", "<sip:192.0.2.98;lr>"]);
+    assert!(out.contains("\r\nRoute: <sip:192.0.2.99;lr>\r\n"), "{out}");
+    assert_eq!(r.start, "BYE sip:bob@192.0.2.50:5060 SIP/2.0");
+}
+
+#[test]
+fn a_destination_connecting_over_tcp_is_recognised_by_its_address() {
+    let w = world();
+    // The trunk's core opened its own connection to the TCP socket (any source port).
+    let core_conn = over(TRUNK_TCP, Proto::Tcp, "192.0.2.60:41234", FLOW);
+    let msg = "MESSAGE sip:dave@203.0.113.20 SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.60:5060;branch=z9hG4bKtm\r\n\
+        From: <sip:core@192.0.2.60>;tag=x\r\nTo: <sip:dave@203.0.113.20>\r\nCall-ID: tm-1\r\n\
+        CSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+    let (action, out) = w.handle(msg, core_conn);
+    assert_eq!(
+        route_of(forward(action)),
+        (
+            TRUNK_UDP,
+            Next::Udp(addr("203.0.113.20:5060")),
+            Direction::Request,
+            None
+        )
+    );
+    // Its response goes back over that connection.
+    let ok = response_to(&out, "200 OK", Some("d"), "sip:dave@203.0.113.20");
+    let (action, _) = w.handle(&ok, udp(TRUNK_UDP, "203.0.113.20:5060"));
+    assert_eq!(
+        route_of(forward(action)),
+        (TRUNK_TCP, Next::Flow(FLOW), Direction::Response, None)
+    );
+    // A client connecting from the host of a UDP destination is a client: its REGISTER goes to
+    // the core.
+    let (action, _) = w.handle(
+        &register(),
+        over(A_TCP, Proto::Tcp, "192.0.2.50:40000", FLOW),
+    );
+    assert_eq!(forward(action).next, Next::Udp(addr(CORE)));
+    // Over UDP the port must match too: the same address from another port is a customer.
+    let msg = msg.replace("SIP/2.0/TCP", "SIP/2.0/UDP");
+    let (action, _) = w.handle(&msg, udp(TRUNK_UDP, "192.0.2.60:41234"));
+    assert_eq!(
+        forward(action).next,
+        Next::Outbound { record: REC_TRUNK },
+        "not from the destination: sent to it"
+    );
+}

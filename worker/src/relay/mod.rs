@@ -41,9 +41,12 @@
 //!    - routed: a Route token naming a flow that the request did not come over (a request from the
 //!      core to a client behind a connection), or a Path token: that flow (430 when it is gone).
 //!      Else the next Route, else the Request-URI, out of the socket the last token named.
-//!    - from one of the tag's destinations (UDP: source address and port; TCP/TLS: source
-//!      address, or the outbound connection it came over): the next Route, else the Request-URI,
-//!      out of the arrival socket. The core reaches a customer by sending to the customer's socket.
+//!    - from one of the tag's destinations (over UDP: its address and port; over a connection:
+//!      the outbound connection to it, or a connection from the address of a TCP or TLS
+//!      destination, whatever the port): the next Route, else the Request-URI, out of the arrival
+//!      socket. The core reaches a customer by sending to the customer's socket. (A client
+//!      connecting from the host of a UDP destination is a client: on one test host, a SIPp UAC
+//!      over TCP beside a UDP upstream.)
 //!    - from anyone else: a Route left must name one of the tag's destinations (else 403: no open
 //!      relay); with no Route, the destination chosen by weighted rendezvous hashing of the
 //!      Call-ID ([`hrw`]). The Request-URI is left as it is.
@@ -235,8 +238,6 @@ pub enum Unavailable {
     NoConnection,
     /// The target is not a `sip:`/`sips:` URI over a transport sipsockd has.
     Unroutable,
-    /// The socket a Route names is no longer in the route table.
-    SocketGone,
 }
 
 impl Unavailable {
@@ -254,9 +255,6 @@ impl Unavailable {
             }
             Unavailable::Unroutable => {
                 b"Warning: 399 sipsockd \"target is not a SIP URI over a known transport\"\r\n"
-            }
-            Unavailable::SocketGone => {
-                b"Warning: 399 sipsockd \"the socket named by the Route is gone\"\r\n"
             }
         }
     }

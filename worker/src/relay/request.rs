@@ -506,18 +506,23 @@ fn name_socket(
 }
 
 impl Relay {
-    /// The request came from one of the tag's destinations: UDP from its address and port, a
-    /// stream from its address, or over the outbound connection to it.
+    /// The request came from one of the tag's destinations: over UDP from its address and port;
+    /// over a connection, the outbound one to it, or one it opened from its address (a TCP or TLS
+    /// destination's: a client on the host of a UDP destination is a client).
     fn sent_by_destination(&self, tag: &super::Tag, arrival: &Arrival<'_>) -> bool {
         let ip = arrival.source.ip().to_canonical();
+        let udp = arrival.transport == Proto::Udp;
         tag.dests
             .iter()
             .filter_map(|d| self.dests.get(*d))
             .any(|d| {
-                arrival.outbound == Some(d.record)
-                    || (d.addr.ip() == ip
-                        && (arrival.transport != Proto::Udp
-                            || d.addr.port() == arrival.source.port()))
+                let from_its_host = d.addr.ip() == ip
+                    && if udp {
+                        d.addr.port() == arrival.source.port()
+                    } else {
+                        d.transport != Proto::Udp
+                    };
+                arrival.outbound == Some(d.record) || from_its_host
             })
     }
 
