@@ -93,11 +93,38 @@
 //! sent-by, which must be an IP literal) and `rport` (else the sent-by port, else the transport's
 //! default) of the next Via.
 //!
+//! Every response is forwarded, 100 Trying included (a stateless proxy has no transaction to
+//! absorb it in).
+//!
 //! # Counting
 //! [`Action::slot_counter`] names the counter of the arrival slot to bump (beside `received`,
 //! which the caller counts for every message); [`Forward::record`] the relay record whose
 //! `requests` (a request to its destination) or `responses` (a response from its destination over
-//! UDP or its outbound connection) to bump.
+//! UDP or its outbound connection; not over a connection the destination opened itself, whose
+//! port says nothing) to bump.
+//!
+//! # Using it
+//! Build one [`Relay`] per route table ([`Relay::new`]: the table, the [`RelayKey`] of the
+//! `[relay]` secret, the worker's [`Responder`]); for each message, [`Relay::handle`] (or
+//! [`Relay::handle_bytes`], which parses) with its [`Arrival`] and a [`Flows`] that says whether a
+//! flow is still open. Send the buffer as the [`Action`] says: [`Next::Outbound`]'s destination is
+//! [`Relay::destination`]; [`Forward::call_hash`] picks the stream worker for an outbound send
+//! (every message of a dialog over the same connection).
+//!
+//! # Where this departs from RELAY-DESIGN.md §3, and why
+//! - Order: Route preprocessing (and its 403) comes before Max-Forwards and loop detection: the
+//!   keep-alive answer (step 4) and the responder's behaviour on sockets without relay (step 3)
+//!   depend on it, and a socket without relay keeps answering exactly as before (no 483 there).
+//! - Step 4 answers OPTIONS only; other requests whose Request-URI is sipsockd's address are
+//!   relayed (REGISTER to the SBC's address is the normal case). A request whose *target* is
+//!   sipsockd's own address (after routing) is answered as the responder does.
+//! - The loop hash also covers the arrival slot (the spiral, customer A to the core to
+//!   customer B's socket, with a Request-URI the core did not change, would otherwise be a 482).
+//! - Record-Route tokens carry the flow of the side they face, and a Path token's MAC does not
+//!   cover the Call-ID; a Route token's MAC covers the URI's host:port besides the Call-ID.
+//! - A connection counts as coming from a destination only for TCP and TLS destinations.
+//! - Targets over TCP or TLS that are neither a flow nor a destination, and host names that are
+//!   not a destination's, are 503s with a Warning (counted as `sent_503`).
 #![cfg_attr(
     not(test),
     deny(

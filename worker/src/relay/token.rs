@@ -25,7 +25,7 @@
 //! `z9hG4bK` + [`MAGIC`] + `h1` + `h2` (13 base32 characters each): `h1` hashes the received top
 //! Via's branch (so a CANCEL and the ACK of a non-2xx response, which repeat it, get the INVITE's
 //! branch, RFC 3261 §16.11), `h2` is the loop hash of RFC 3261 §16.6 step 8 (see
-//! [`loop_hash`]). Neither is secret: they are compared, never trusted to route.
+//! `LoopHash`). Neither is secret: they are compared, never trusted to route.
 //!
 //! Nothing here allocates; encodings go to the caller's buffer or a stack array.
 
@@ -54,7 +54,7 @@ const MAX_PAYLOAD: usize = 1 + 5 + 5 + 10 + 5;
 /// The largest decoded token.
 const MAX_TOKEN: usize = MAX_PAYLOAD + MAC_LEN;
 
-/// The longest token text (base32 of [`MAX_TOKEN`] bytes).
+/// The longest token text (base32 of the largest payload and the MAC).
 pub const MAX_TOKEN_CHARS: usize = (MAX_TOKEN * 8).div_ceil(5);
 
 /// A connection of a stream worker: where a message came from, or where one must go.

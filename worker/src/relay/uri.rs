@@ -67,6 +67,11 @@ pub(crate) fn parse_uri(buf: &[u8], span: Span) -> Option<Uri> {
 pub(crate) fn parse_entry(buf: &[u8], span: Span) -> Option<Uri> {
     let bytes = buf.get(span.range())?;
     let base = span.start as usize;
+    // The usual form, and the one sipsockd writes: no display name.
+    if let Some(inner) = bytes.strip_prefix(b"<") {
+        let end = inner.iter().position(|c| *c == b'>')?;
+        return parse_at(inner.get(..end)?, base + 1);
+    }
     let mut quoted = false;
     let mut escaped = false;
     for (i, b) in bytes.iter().enumerate() {
