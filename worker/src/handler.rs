@@ -169,73 +169,99 @@ impl Responder {
         out: &mut Vec<u8>,
     ) -> Outcome {
         out.clear();
-        let Start::Request {
-            method,
-            method_span,
-            ..
-        } = m.start()
-        else {
-            return Outcome::Ignored;
+        let (method, fields) = match Required::of_request(m) {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
         };
-        let Some(fields) = Required::find(m, method_span) else {
-            return Outcome::Malformed;
-        };
-        if method == Method::Ack {
-            return Outcome::Ignored;
-        }
         let options = method == Method::Options;
-        let code = if options { 200 } else { self.reply_code };
-        out.extend_from_slice(if options {
-            b"SIP/2.0 200 OK\r\n"
+        let (status_line, code): (&[u8], u16) = if options {
+            (b"SIP/2.0 200 OK\r\n", 200)
         } else {
-            &self.status_line
-        });
-        let vias = m.vias();
-        let lines = m.lines();
-        out.extend_from_slice(b"Via: ");
-        put_top_via(out, m, vias, lines, source);
-        out.extend_from_slice(b"\r\n");
-        let mut last = fields.top.line;
-        for via in vias.iter().skip(1) {
-            if via.line == last {
-                continue;
-            }
-            last = via.line;
-            if let Some(line) = lines.get(usize::from(via.line)) {
-                put_header(out, b"Via: ", m, line.value, line.folded);
-            }
-        }
-        put_header(out, b"From: ", m, fields.from.value, fields.from.folded);
-        out.extend_from_slice(b"To: ");
-        put_value(out, m, fields.to.value, fields.to.folded);
-        // RFC 3261 §8.2.6.2: a tag unless the request had one; 100 Trying never gets one. The tag
-        // is a function of the dialog so that a retransmission answered by any worker gets the
-        // same one.
-        if code != 100 && !fields.to_tagged {
-            out.extend_from_slice(b";tag=");
-            put_hex64(
-                out,
-                to_tag(m.bytes(fields.call_id.value), m.bytes(fields.from_tag)),
-            );
-        }
-        out.extend_from_slice(b"\r\n");
-        put_header(
-            out,
-            b"Call-ID: ",
-            m,
-            fields.call_id.value,
-            fields.call_id.folded,
-        );
-        put_header(out, b"CSeq: ", m, fields.cseq.value, fields.cseq.folded);
+            (&self.status_line, self.reply_code)
+        };
+        put_head(out, m, &fields, source, status_line, code);
         out.extend_from_slice(if options { &socket.options_tail } else { TAIL });
         Outcome::Replied
     }
 }
 
+/// A reply the relay gives itself (403, 482, 483, 430, 503) to a request it does not forward:
+/// `status_line` (`SIP/2.0 CODE Reason` and CRLF), the Via, From, To (tagged), Call-ID and CSeq
+/// copied as [`Responder::reply`] copies them, then `extra` (whole header lines, e.g. a Warning),
+/// Server and `Content-Length: 0`. `out` is cleared first; nothing is written for an ACK
+/// ([`Outcome::Ignored`]) or a request missing what a reply copies ([`Outcome::Malformed`]).
+pub(crate) fn reply_with_status(
+    m: &Message<'_>,
+    source: SocketAddr,
+    status_line: &[u8],
+    code: u16,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) -> Outcome {
+    out.clear();
+    let fields = match Required::of_request(m) {
+        Ok((_, fields)) => fields,
+        Err(outcome) => return outcome,
+    };
+    put_head(out, m, &fields, source, status_line, code);
+    out.extend_from_slice(extra);
+    out.extend_from_slice(TAIL);
+    Outcome::Replied
+}
+
+/// The status line and the copied header lines of a reply.
+fn put_head(
+    out: &mut Vec<u8>,
+    m: &Message<'_>,
+    fields: &Required<'_>,
+    source: SocketAddr,
+    status_line: &[u8],
+    code: u16,
+) {
+    out.extend_from_slice(status_line);
+    let vias = m.vias();
+    let lines = m.lines();
+    out.extend_from_slice(b"Via: ");
+    put_top_via(out, m, vias, lines, source);
+    out.extend_from_slice(b"\r\n");
+    let mut last = fields.top.line;
+    for via in vias.iter().skip(1) {
+        if via.line == last {
+            continue;
+        }
+        last = via.line;
+        if let Some(line) = lines.get(usize::from(via.line)) {
+            put_header(out, b"Via: ", m, line.value, line.folded);
+        }
+    }
+    put_header(out, b"From: ", m, fields.from.value, fields.from.folded);
+    out.extend_from_slice(b"To: ");
+    put_value(out, m, fields.to.value, fields.to.folded);
+    // RFC 3261 §8.2.6.2: a tag unless the request had one; 100 Trying never gets one. The tag
+    // is a function of the dialog so that a retransmission answered by any worker gets the
+    // same one.
+    if code != 100 && !fields.to_tagged {
+        out.extend_from_slice(b";tag=");
+        put_hex64(
+            out,
+            to_tag(m.bytes(fields.call_id.value), m.bytes(fields.from_tag)),
+        );
+    }
+    out.extend_from_slice(b"\r\n");
+    put_header(
+        out,
+        b"Call-ID: ",
+        m,
+        fields.call_id.value,
+        fields.call_id.folded,
+    );
+    put_header(out, b"CSeq: ", m, fields.cseq.value, fields.cseq.folded);
+}
+
 /// What a reply copies, from a request that carries every header RFC 3261 §8.1.1 requires: Via
 /// (at least one, none empty, the top one usable), From, To, Call-ID and CSeq exactly once and not
 /// empty, the CSeq method being the request's.
-struct Required<'a> {
+pub(crate) struct Required<'a> {
     top: &'a Via,
     from: &'a Line,
     to: &'a Line,
@@ -248,7 +274,25 @@ struct Required<'a> {
 }
 
 impl<'a> Required<'a> {
-    fn find(m: &Message<'a>, method: Span) -> Option<Required<'a>> {
+    /// The method and fields of a request a reply can be given to; the outcome otherwise
+    /// (`Ignored` for a response or an ACK, `Malformed` for a request missing a field).
+    fn of_request(m: &Message<'a>) -> Result<(Method, Required<'a>), Outcome> {
+        let Start::Request {
+            method,
+            method_span,
+            ..
+        } = m.start()
+        else {
+            return Err(Outcome::Ignored);
+        };
+        let fields = Required::find(m, method_span).ok_or(Outcome::Malformed)?;
+        if method == Method::Ack {
+            return Err(Outcome::Ignored);
+        }
+        Ok((method, fields))
+    }
+
+    pub(crate) fn find(m: &Message<'a>, method: Span) -> Option<Required<'a>> {
         if m.has_empty(HeaderKind::Via) {
             return None;
         }
@@ -294,7 +338,7 @@ fn put_header(out: &mut Vec<u8>, name: &[u8], m: &Message<'_>, value: Span, fold
 }
 
 /// A value, unfolded when its line was folded.
-fn put_value(out: &mut Vec<u8>, m: &Message<'_>, value: Span, folded: bool) {
+pub(crate) fn put_value(out: &mut Vec<u8>, m: &Message<'_>, value: Span, folded: bool) {
     if folded {
         sip::put_unfolded_bytes(out, m.bytes(value));
     } else {
@@ -336,7 +380,7 @@ fn put_top_via(
 
 /// A Via value in the simple form ([`Via`]'s `plain`): copied, less its `received` parameter, with
 /// `=PORT` after a valueless `rport`.
-fn put_plain_via(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
+pub(crate) fn put_plain_via(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
     let buf = m.buf();
     let copy = |out: &mut Vec<u8>, from: usize, to: usize| {
         out.extend_from_slice(buf.get(from..to).unwrap_or_default());
@@ -381,7 +425,7 @@ fn put_plain_via(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
 /// Any Via value: the sent-by unfolded, then each parameter but `received` (blanks around it
 /// dropped, folds unfolded, a valueless `rport` filled).
 #[cold]
-fn put_via_by_params(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
+pub(crate) fn put_via_by_params(out: &mut Vec<u8>, m: &Message<'_>, via: &Via, port: u16) {
     let buf = m.buf();
     let start = via.value.start as usize;
     let mut sent_by_end = via.params.start as usize;
@@ -441,7 +485,7 @@ fn put_hex64(out: &mut Vec<u8>, n: u64) {
 }
 
 /// Write `n` in decimal.
-fn put_u32(out: &mut Vec<u8>, mut n: u32) {
+pub(crate) fn put_u32(out: &mut Vec<u8>, mut n: u32) {
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     loop {
@@ -459,7 +503,7 @@ fn put_u32(out: &mut Vec<u8>, mut n: u32) {
 
 /// Write an address as `Display` does (IPv6 per RFC 5952: lower-case, longest run of two or more
 /// zero groups as `::`, the first such run on a tie).
-fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub(crate) fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => put_ipv4(out, v4),
         IpAddr::V6(v6) => put_ipv6(out, v6),

@@ -8,6 +8,8 @@
 //! Modules, from the wire up:
 //! - [`sip`]: zero-copy SIP parsing and stream framing;
 //! - [`handler`]: the stateless responder, independent of the transport;
+//! - [`relay`]: the stateless relay's decision for one message (route table, tokens, splicing),
+//!   pure like the responder;
 //! - [`ipc`]: the control messages; [`channel`]: the socket that carries them with their fds;
 //! - `control`: the worker's side of the channel that both kinds share (the entry handshake,
 //!   checked receiving, replies);
